@@ -1,0 +1,3 @@
+from sitscli.cli.app import main
+
+main()

@@ -1,0 +1,72 @@
+"""The `sits` command: one thin module per sub-command over the workflows.
+
+Errors a user can cause arrive as `SitsError` and are printed on one line (exit code from the
+error class); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sitscli import __version__
+from sitscli.core import progress
+from sitscli.core.errors import SitsError
+
+app = typer.Typer(
+    name="sits",
+    help="Satellite image time series: prepare Sentinel-2 data, pre-train, fine-tune, map land cover and change.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sits {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results: no progress or messages."),
+) -> None:
+    _state["debug"] = debug
+    progress.set_quiet(quiet)
+
+
+def _register() -> None:
+    # Each command module adds itself to `app`; listed here so the order in --help is the pipeline's.
+    from sitscli.cli import info, prepare  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except SitsError as exc:
+        if _state["debug"]:
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors are handled by click itself; this is a bug
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

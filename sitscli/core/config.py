@@ -1,0 +1,61 @@
+"""`--config FILE.yaml` handling: the file gives defaults, flags given on the command line win.
+
+The resolved configuration is saved beside every output (run directory, dataset) so a result can
+always be traced back to what produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sitscli.core.errors import ConfigError
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of option: value")
+    return data
+
+
+def resolve(defaults: Mapping[str, Any], file_values: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge defaults < config file < flags given explicitly (None means 'not given').
+
+    Unknown keys in the file are refused so that a typo does not silently do nothing.
+    """
+    unknown = sorted(set(file_values) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown option(s) in config file: {', '.join(unknown)} (known: {', '.join(sorted(defaults))})")
+    out = dict(defaults)
+    out.update(file_values)
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
+def dump_yaml(data: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Make numpy scalars, Paths and tuples YAML-safe."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

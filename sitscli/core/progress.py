@@ -1,0 +1,92 @@
+"""Progress reporting: a rich bar on a terminal, plain periodic lines in batch logs (SLURM).
+
+Library code calls `progress(total, description)` and `.advance(n)`; it never prints directly.
+Messages go through `log()` to stderr so that stdout stays clean for `--json` output.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def log(message: str) -> None:
+    """One line for the user, on stderr (rich markup is stripped when not on a terminal)."""
+    if _quiet:
+        return
+    if is_terminal():
+        from rich.console import Console
+
+        Console(stderr=True).print(message, highlight=False)
+    else:
+        from rich.text import Text
+
+        print(Text.from_markup(message).plain, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A progress bar (terminal) or plain lines every `interval` seconds (logs)."""
+
+    def __init__(self, total: int | None, description: str, interval: float = 30.0):
+        self.total, self.description, self.interval = total, description, interval
+        self.done = 0
+        self._start = self._last = time.monotonic()
+        self._bar = None
+        if _quiet:
+            return
+        if is_terminal():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        self.done += n
+        if self._bar is not None:
+            desc = f"{self.description} {status}" if status else self.description
+            self._bar.update(self._task, advance=n, description=desc)
+            return
+        now = time.monotonic()
+        if not _quiet and now - self._last >= self.interval:
+            self._last = now
+            of = f"/{self.total}" if self.total else ""
+            extra = f" {status}" if status else ""
+            print(f"{self.description}: {self.done}{of} ({now - self._start:.0f}s){extra}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def track(items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+    with Progress(total, description) as bar:
+        for item in items:
+            yield item
+            bar.advance()

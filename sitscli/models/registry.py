@@ -1,0 +1,112 @@
+"""Models are found by name. A new model is one module that calls `register(ModelSpec(...))`.
+
+`build(hparams, info)` returns an `nn.Module` whose `forward(batch)` takes a batch from
+`sitscli.data.batch.collate` (raw reflectance: every model normalises its input itself with a
+`BandNorm` built from `info.band_mean/band_std`, so the statistics travel inside the checkpoint).
+
+`info` is a `sitscli.models.registry.DataInfo`: what a model must know of the data.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sitscli.core.errors import ConfigError
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about the data it is built for (saved in model.yaml)."""
+
+    band_names: list[str]
+    band_mean: list[float]          # per band, reflectance 0-1, train split
+    band_std: list[float]
+    class_names: list[str] = field(default_factory=list)
+    class_colors: list[str] = field(default_factory=list)   # "#rrggbb", one per class
+    reference_date: int | None = None  # days since epoch; models using days-since-reference need it
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.band_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class ModelSpec:
+    """A registered model.
+
+    Attributes:
+        name: the `--model` name.
+        build: (hparams, info) -> nn.Module.
+        defaults: default hyper-parameters, each with the paper table/equation it comes from
+            written in the model module.
+        input: "pixel" or "patch" samples.
+        compact: pixel models that want only clear observations (see batch.compact_sample).
+        max_len: longest series the model takes when compact (None = any).
+        pretext: name of the pretext task in `sitscli.ssl` used by `sits pretrain`, or None.
+        description: one line for `--help` and error messages.
+    """
+
+    name: str
+    build: Callable[[dict[str, Any], DataInfo], nn.Module]
+    defaults: dict[str, Any]
+    input: str = "pixel"
+    compact: bool = False
+    max_len: int | None = None
+    pretext: str | None = None
+    description: str = ""
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+# Modules that register models; imported lazily so `sits --help` stays fast.
+_MODEL_MODULES: tuple[str, ...] = ()
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def _load_all() -> None:
+    for module in _MODEL_MODULES:
+        importlib.import_module(module)
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(_MODELS)
+
+
+def get(name: str) -> ModelSpec:
+    _load_all()
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+class BandNorm(nn.Module):
+    """Standardise reflectance per band with train-split statistics; buffers go into the checkpoint.
+
+    values (..., C, *spatial) when `channel_dim` points at C; by default the last dim is C.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], channel_dim: int = -1):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-6))
+        self.channel_dim = channel_dim
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        shape = [1] * values.dim()
+        shape[self.channel_dim] = -1
+        return (values - self.mean.view(shape)) / self.std.view(shape)
