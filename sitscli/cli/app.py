@@ -6,6 +6,7 @@ error class); `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -42,9 +43,13 @@ def _root(
     progress.set_quiet(quiet)
 
 
+# Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _register() -> None:
-    # Each command module adds itself to `app`; listed here so the order in --help is the pipeline's.
-    from sitscli.cli import info, prepare  # noqa: F401
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"sitscli.cli.{name}")
 
 
 def main() -> None:
