@@ -14,7 +14,8 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="--version --debug --quiet -q --help -h"; subs="" ;;
+        "sits") words="predict-map --version --debug --quiet -q --help -h"; subs="predict-map" ;;
+        "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         *) words=""; subs="" ;;
     esac
 }

@@ -44,7 +44,7 @@ def _root(
 
 
 # Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("predict_map",)
 
 
 def _register() -> None:
@@ -68,10 +68,6 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors are handled by click itself; this is a bug
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
+        exc.show()
+        sys.exit(exc.exit_code)

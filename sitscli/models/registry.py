@@ -69,7 +69,7 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 # Modules that register models; imported lazily so `sits --help` stays fast.
-_MODEL_MODULES: tuple[str, ...] = ()
+_MODEL_MODULES: tuple[str, ...] = ("sitscli.models.sitsbert", "sitscli.models.alise")
 
 
 def register(spec: ModelSpec) -> ModelSpec:

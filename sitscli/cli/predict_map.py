@@ -1,0 +1,77 @@
+"""`sits predict-map INPUT --model RUN --out map.tif`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sitscli.cli.app import app
+from sitscli.core import config
+from sitscli.core.dates import parse_date_range
+from sitscli.core.errors import ConfigError
+from sitscli.core.io import require_exists
+from sitscli.core.progress import log
+
+
+@app.command("predict-map")
+def predict_map_command(
+    source: Path = typer.Argument(..., help="Sentinel-2 L2A folder (SAFE, Theia, per-band COGs) or a GeoTIFF stack."),
+    model: Path = typer.Option(..., "--model", "-m", help="Classifier run directory (from sits finetune)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Class map GeoTIFF to write (class ids, colour table, class names)."),
+    probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="Also write one probability band per class."),
+    confidence: Optional[Path] = typer.Option(None, "--confidence", help="Also write the largest class probability."),
+    prob_dtype: Optional[str] = typer.Option(None, "--prob-dtype", help="uint8 (percent, scale 0.01; default) or float32."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="Band names of a stack that does not name them, e.g. B02,B03,B04."),
+    aoi: Optional[str] = typer.Option(None, "--aoi", help="Map only LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file's extent."),
+    dates: Optional[str] = typer.Option(None, "--dates", help="Use only acquisitions in START:END (YYYY-MM-DD, either end may be empty)."),
+    dates_file: Optional[Path] = typer.Option(None, "--dates-file", help="Dates of a stack's bands, one ISO date a line."),
+    block: Optional[int] = typer.Option(None, "--block", help="Pixels per side of the blocks read at a time (default 512). "
+                                        "Memory is about 3 x dates x bands x block^2 x 4 bytes."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Pixels per forward pass (default 2048)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
+    cog: Optional[bool] = typer.Option(None, "--cog/--no-cog", help="Write Cloud Optimized GeoTIFFs (with overviews)."),
+    compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Classify every pixel of an image time series with a fine-tuned run into a GeoTIFF map."""
+    from sitscli.workflows.predict_map import DEFAULTS, predict_map
+
+    require_exists(source, "input")
+    flags = {
+        "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
+        "bands": _band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
+        "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress,
+        "resume": resume, "overwrite": overwrite,
+    }
+    options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
+    summary = predict_map(source, model=model, out=out, **options)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    log(f"mapped {summary['pixels_mapped']} of {summary['pixels']} pixels ({summary['blocks']} blocks"
+        + (f", {summary['blocks_resumed']} resumed" if summary["blocks_resumed"] else "") + ")")
+    for kind, path in summary["outputs"].items():
+        typer.echo(f"{kind}: {path}")
+
+
+def _band_list(text: str | None) -> list[str] | None:
+    return [b.strip() for b in text.split(",") if b.strip()] if text else None
+
+
+def _aoi(text: str | None):
+    """'left,bottom,right,top' -> a bbox tuple; anything else is a vector file path."""
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) == 4:
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"--aoi {text!r}: give LEFT,BOTTOM,RIGHT,TOP as numbers, or a vector file") from None
+    return require_exists(text, "--aoi vector file")

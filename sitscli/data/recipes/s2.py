@@ -1,0 +1,250 @@
+"""`sits prepare s2`: a folder of Sentinel-2 L2A acquisitions + vector labels -> prepared dataset.
+
+Pixel mode samples pixels per polygon (and an unlabelled pool outside them) and stores each one's
+series; patch mode cuts the whole area into P x P patches with per-pixel labels, for spatial
+models (e.g. ALISE's U-BARN, trained on 64 x 64 patches). Both read the cube by windows, only
+where something is sampled, so peak memory follows the window and the sample, not the tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from rasterio.transform import xy as pixel_xy
+from rasterio.windows import Window
+
+from sitscli.core.errors import ConfigError, DataContentError
+from sitscli.core.io import require_exists
+from sitscli.core.progress import Progress, log
+from sitscli.data.cube import Cube
+from sitscli.data.labels import NO_POLYGON, UNLABELED, Labels, class_lookup, rasterize_window, read_labels, sample_pixels
+from sitscli.data.prepared import PreparedWriter
+from sitscli.data.splits import UNLABELED as UNLABELED_SPLIT
+from sitscli.data.splits import split_codes, split_groups
+
+# Neighbouring pixels of one field are nearly copies of each other: a cap keeps large fields from
+# swamping small ones and classes with few big parcels from dominating. 200 is a working choice
+# (no paper fixes it); set --max-per-polygon 0 to keep every pixel.
+DEFAULT_MAX_PER_POLYGON = 200
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+READ_BLOCK = 256               # pixels: windows read in pixel mode
+READ_BUDGET = 64 * 2**20       # bytes of float32 reflectance read at once (split along time beyond)
+
+
+def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class_field: str,
+               bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
+               tile: str | None = None, valid_scl: Sequence[int] = (4, 5, 6, 7), buffer: float = 0.0,
+               color_field: str | None = None, max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON,
+               unlabeled: int = 0, patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+               seed: int = 0, overwrite: bool = False, config: dict | None = None) -> Path:
+    """Prepare a dataset from an L2A folder (any layout `open_source` reads) and a label file.
+
+    Args:
+        folder: L2A acquisitions of one tile (SAFE, Theia, per-band COGs, stack, per-date GeoTIFFs).
+        out: the `NAME.sits` directory to write.
+        labels, class_field, buffer, color_field: the vector labels (see `sitscli.data.labels`).
+        bands, aoi, date_range, tile, valid_scl: passed to the reader.
+        max_per_polygon: pixel mode, pixels drawn per polygon (None or 0: all of them).
+        unlabeled: pixel mode, pixels drawn outside every polygon for self-supervised pretraining.
+        patch_size: P for patch mode (None: pixel mode).
+        fractions: train/val/test shares of the polygons, stratified by class.
+    Returns:
+        The path of the written dataset.
+    """
+    from sitscli.data.readers import open_source  # TEMP until readers land
+
+    folder = require_exists(folder, "L2A folder")
+    cube = open_source(folder, bands=list(bands) if bands else None, aoi=aoi, date_range=date_range,
+                       valid_scl=tuple(valid_scl), tile=tile)
+    return prepare_cube(cube, out, labels=labels, class_field=class_field, buffer=buffer, color_field=color_field,
+                        max_per_polygon=max_per_polygon, unlabeled=unlabeled, patch_size=patch_size,
+                        fractions=fractions, seed=seed, source=f"s2 {cube.layout}: {folder}", overwrite=overwrite,
+                        config=config)
+
+
+def prepare_cube(cube: Cube, out: str | Path, *, labels: str | Path, class_field: str, buffer: float = 0.0,
+                 color_field: str | None = None, max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON,
+                 unlabeled: int = 0, patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 seed: int = 0, source: str = "", overwrite: bool = False, config: dict | None = None) -> Path:
+    """`prepare_s2` on an already opened cube (any `Cube`); same arguments, `source` recorded as is."""
+    if patch_size is not None and patch_size < 1:
+        raise ConfigError(f"--patch-size {patch_size}: give a patch side in pixels >= 1, e.g. 64")
+    found = read_labels(labels, class_field, crs=cube.grid.crs, bounds=cube.grid.bounds, buffer=buffer,
+                        color_field=color_field)
+    log(f"prepare s2: {cube.layout} cube, {len(cube.dates)} dates, {len(cube.band_names)} bands, "
+        f"{cube.grid.width} x {cube.grid.height} px; {len(found.polygons)} polygons, {len(found.class_names)} classes")
+    with PreparedWriter(out, n_time=len(cube.dates), band_names=list(cube.band_names), class_names=found.class_names,
+                        class_colors=found.class_colors, sensor="sentinel-2", source=source or cube.layout,
+                        mode="pixel" if patch_size is None else "patch", patch_size=patch_size,
+                        crs=cube.grid.crs.to_wkt(), config=config, overwrite=overwrite) as writer:
+        if patch_size is None:
+            _write_pixels(cube, found, writer, max_per_polygon=max_per_polygon or None, unlabeled=unlabeled,
+                          fractions=fractions, seed=seed)
+        else:
+            _write_patches(cube, found, writer, patch_size, fractions=fractions, seed=seed)
+    return writer.path
+
+
+# ------------------------------------------------------------------------------- pixel mode
+
+def _write_pixels(cube: Cube, labels: Labels, writer: PreparedWriter, *, max_per_polygon: int | None,
+                  unlabeled: int, fractions: Sequence[float], seed: int) -> None:
+    sample = sample_pixels(labels, cube.grid, max_per_polygon=max_per_polygon, unlabeled=unlabeled, seed=seed)
+    # the unlabelled pool is group NO_POLYGON with class -1: split_groups gives it code 3
+    split = split_codes(sample.polygon, split_groups(sample.polygon, sample.y, fractions=tuple(fractions), seed=seed))
+    x, y = pixel_xy(cube.grid.transform, sample.row, sample.col, offset="center")
+    xy = np.stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)], axis=1)
+    kept = 0
+    for index, values, valid in _read_pixels(cube, sample.row, sample.col):
+        clear = valid.any(axis=1)  # a series with no clear date teaches nothing
+        index, values, valid = index[clear], values[clear], valid[clear]
+        if index.size:
+            writer.append(x=values, valid=valid, date=np.broadcast_to(cube.dates, valid.shape), y=sample.y[index],
+                          split=split[index], group=sample.polygon[index], xy=xy[index])
+        kept += index.size
+    if kept == 0:
+        raise DataContentError("every sampled pixel is cloudy or nodata on every date: check the masks, --valid-scl or --dates")
+    if kept < len(sample):
+        log(f"prepare s2: dropped {len(sample) - kept} of {len(sample)} sampled pixels with no clear date")
+    log(f"prepare s2: {kept} pixel series " + ", ".join(f"{n} {name}" for name, n in _split_counts(split).items() if n))
+
+
+def _read_pixels(cube: Cube, row: np.ndarray, col: np.ndarray, block: int = READ_BLOCK
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Series of the given pixels, block by block: (index (n,), values (n, T, C) float32, valid (n, T) bool).
+
+    Only blocks holding a sampled pixel are read, each over the bounding box of its pixels, and
+    along time in chunks that keep one read under READ_BUDGET bytes.
+    """
+    n_time, n_band = len(cube.dates), len(cube.band_names)
+    block_id = (row // block) * (cube.grid.width // block + 1) + col // block
+    order = np.argsort(block_id, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(block_id[order]) != 0, True])
+    with Progress(len(bounds) - 1, "reading pixels") as bar:
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            index = order[start:stop]
+            r0, c0 = int(row[index].min()), int(col[index].min())
+            window = Window(c0, r0, int(col[index].max()) - c0 + 1, int(row[index].max()) - r0 + 1)
+            r, c = row[index] - r0, col[index] - c0
+            values = np.empty((index.size, n_time, n_band), dtype=np.float32)
+            valid = np.empty((index.size, n_time), dtype=bool)
+            for times in _time_chunks(n_time, n_band * int(window.height) * int(window.width) * 4):
+                v, m = cube.read(window, times)        # (t, C, h, w), (t, h, w)
+                values[:, times] = v[:, :, r, c].transpose(2, 0, 1)  # (n, t, C)
+                valid[:, times] = m[:, r, c].T
+            bar.advance()
+            yield index, values, valid
+
+
+def _time_chunks(n_time: int, bytes_per_date: int) -> Iterator[np.ndarray]:
+    step = max(1, READ_BUDGET // max(1, bytes_per_date))
+    for start in range(0, n_time, step):
+        yield np.arange(start, min(n_time, start + step))
+
+
+def _split_counts(split: np.ndarray) -> dict[str, int]:
+    return {name: int((split == code).sum()) for code, name in enumerate(("train", "val", "test", "unlabeled"))}
+
+
+# ------------------------------------------------------------------------------- patch mode
+#
+# Splitting patches: a polygon often straddles patch borders, so splitting patches at random
+# would put one field's pixels in two splits. Instead each polygon gets a split (stratified by
+# class, as in pixel mode) and each patch takes the split of the polygon covering most of its
+# pixels; pixels of polygons from another split are set unlabelled (-1) in that patch. No
+# polygon's labels then appear in two splits, and no labelled pixel is thrown away needlessly.
+# The imagery around a test field may still be seen, unlabelled, in a training patch; labels
+# never are. Patches without any labelled pixel are kept with split "unlabeled" for pretraining.
+# Edge patches that pass the grid border are padded with valid=False and y=-1, so the whole
+# area is kept.
+
+def _write_patches(cube: Cube, labels: Labels, writer: PreparedWriter, size: int, *,
+                   fractions: Sequence[float], seed: int) -> None:
+    windows = list(_patch_windows(cube.grid.height, cube.grid.width, size))
+    majority, present = _patch_majorities(cube, labels, windows)
+    if not present.size:
+        raise DataContentError(f"labels {labels.source.name}: no polygon covers the centre of a raster pixel "
+                               "(polygons too small, buffer too wide, or outside the area)")
+    of_polygon = split_groups(present, class_lookup(labels)(present), fractions=tuple(fractions), seed=seed)
+    split_table = np.full(int(labels.polygons["polygon_id"].max()) + 2, UNLABELED_SPLIT, dtype=np.int8)  # [-1] = no polygon
+    split_table[present] = split_codes(present, of_polygon)
+    patch_split = np.where(majority == NO_POLYGON, UNLABELED_SPLIT, split_table[majority]).astype(np.int8)
+    to_class = class_lookup(labels)
+    kept, batch = [], _PatchBatch(writer, cube.dates)
+    with Progress(len(windows), "reading patches") as bar:
+        for i, window in enumerate(windows):
+            values, valid = _read_patch(cube, window, size)
+            bar.advance()
+            if not valid.any():
+                continue  # outside the swath or cloudy on every date
+            polygon = _pad(rasterize_window(labels, cube.grid, window), size, NO_POLYGON)
+            y = np.where(split_table[polygon] == patch_split[i], to_class(polygon), UNLABELED).astype(np.int16)
+            centre = pixel_xy(cube.grid.transform, window.row_off + size / 2, window.col_off + size / 2, offset="ul")
+            batch.add(values, valid, y, patch_split[i], majority[i], np.asarray(centre, dtype=np.float64))
+            kept.append(i)
+    batch.flush()
+    if not kept:
+        raise DataContentError("every patch is cloudy or nodata on every date: check the masks, --valid-scl or --dates")
+    if len(kept) < len(windows):
+        log(f"prepare s2: dropped {len(windows) - len(kept)} of {len(windows)} patches with no clear pixel")
+    log(f"prepare s2: {len(kept)} patches of {size} x {size} px " +
+        ", ".join(f"{n} {name}" for name, n in _split_counts(patch_split[kept]).items() if n))
+
+
+def _patch_windows(height: int, width: int, size: int) -> Iterator[Window]:
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def _patch_majorities(cube: Cube, labels: Labels, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch, the polygon covering most of its pixels (NO_POLYGON if none); and every polygon seen."""
+    majority = np.full(len(windows), NO_POLYGON, dtype=np.int64)
+    present: set[int] = set()
+    for i, window in enumerate(windows):
+        polygon = rasterize_window(labels, cube.grid, window)
+        ids, counts = np.unique(polygon[polygon != NO_POLYGON], return_counts=True)
+        if ids.size:
+            majority[i] = ids[np.argmax(counts)]  # ties: the lowest polygon id, deterministic
+            present.update(ids.tolist())
+    return majority, np.array(sorted(present), dtype=np.int64)
+
+
+def _read_patch(cube: Cube, window: Window, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """values (T, C, P, P) float32 and valid (T, P, P) of one patch, padded past the grid edge."""
+    values, valid = cube.read(window)
+    return _pad(values, size, 0.0), _pad(valid, size, False)
+
+
+def _pad(array: np.ndarray, size: int, fill) -> np.ndarray:
+    """Pad the last two axes of `array` at their end up to size x size with `fill`."""
+    h, w = array.shape[-2:]
+    if (h, w) == (size, size):
+        return array
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, size - h), (0, size - w)]
+    return np.pad(array, pad, constant_values=fill)
+
+
+class _PatchBatch:
+    """Collects patches and appends them to the writer in batches of about READ_BUDGET bytes."""
+
+    def __init__(self, writer: PreparedWriter, dates: np.ndarray):
+        self.writer, self.dates = writer, dates
+        self.items: list[tuple] = []
+        self.bytes = 0
+
+    def add(self, values, valid, y, split, group, xy) -> None:
+        self.items.append((values, valid, y, split, group, xy))
+        self.bytes += values.nbytes
+        if self.bytes >= READ_BUDGET:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        values, valid, y, split, group, xy = (np.stack(column) for column in zip(*self.items))
+        self.writer.append(x=values, valid=valid, date=np.broadcast_to(self.dates, (len(self.items), len(self.dates))),
+                           y=y, split=split.astype(np.int8), group=group.astype(np.int64), xy=xy)
+        self.items, self.bytes = [], 0

@@ -1,0 +1,200 @@
+"""Run checkpoints: `RUN/model.safetensors` (weights) + `RUN/model.yaml` (everything else).
+
+Never pickle: a run downloaded from the internet must not be able to run code when loaded, so the
+weights are safetensors and the description is YAML read with `safe_load`. model.yaml records the
+sha256 of the weights file, so a truncated, swapped or edited file is refused with one clear line
+instead of loading into a model that silently predicts garbage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model as save_safetensors_from
+from torch import nn
+
+from sitscli import __version__
+from sitscli.core.config import dump_yaml
+from sitscli.core.errors import CheckpointError, SitsError
+from sitscli.core.io import atomic_output
+from sitscli.models import registry
+from sitscli.models.registry import DataInfo
+
+WEIGHTS = "model.safetensors"
+CARD = "model.yaml"
+FORMAT = "sitscli-run/1"
+
+
+@dataclass
+class ModelCard:
+    """What model.yaml says about a run: enough to rebuild the model and check it fits the data."""
+
+    model_name: str
+    hparams: dict
+    info: DataInfo
+    task: str                       # "pretrain", "classify", ... (set by the workflow that trained it)
+    extra: dict = field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    sitscli_version: str = __version__
+    weights_sha256: str | None = None
+    run_dir: Path | None = None
+
+
+def save_model(run_dir: Path, model: nn.Module, *, model_name: str, hparams: dict, info: DataInfo, task: str,
+               extra: dict | None = None, dataset_fingerprint: str | None = None) -> None:
+    """Write model.safetensors then model.yaml (with the weights' sha256), each atomically.
+
+    `model` must be the bare module (not DDP-wrapped); tied weights are stored once.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(run_dir / WEIGHTS, overwrite=True) as tmp:
+        save_safetensors_from(model, str(tmp), metadata={"format": FORMAT, "model": model_name})
+        digest = _sha256(tmp)
+    card = {
+        "format": FORMAT,
+        "model": model_name,
+        "task": task,
+        "sitscli_version": __version__,
+        "dataset_fingerprint": dataset_fingerprint,
+        "weights": {"file": WEIGHTS, "sha256": digest},
+        "hparams": hparams,
+        "data": dataclasses.asdict(info),
+        "extra": extra or {},
+    }
+    with atomic_output(run_dir / CARD, overwrite=True) as tmp:
+        dump_yaml(card, tmp)
+
+
+def read_card(run_dir: Path) -> ModelCard:
+    """Read RUN/model.yaml (the weights are not touched). `run_dir` may also name a file inside it."""
+    run_dir = _run_dir_of(Path(run_dir))
+    path = run_dir / CARD
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise CheckpointError(f"{path} is not valid YAML: the run is damaged, train it again") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sitscli model card (format {FORMAT!r} expected)")
+    missing = [k for k in ("model", "task", "hparams", "data") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: the run is damaged, train it again")
+    known = {f.name for f in dataclasses.fields(DataInfo)}
+    return ModelCard(
+        model_name=raw["model"],
+        hparams=dict(raw["hparams"] or {}),
+        info=DataInfo(**{k: v for k, v in raw["data"].items() if k in known}),
+        task=raw["task"],
+        extra=dict(raw.get("extra") or {}),
+        dataset_fingerprint=raw.get("dataset_fingerprint"),
+        sitscli_version=str(raw.get("sitscli_version", "")),
+        weights_sha256=(raw.get("weights") or {}).get("sha256"),
+        run_dir=run_dir,
+    )
+
+
+def load_model(run_dir: Path, device: str | torch.device = "cpu", *,
+               model_name: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the run's model through the registry, load and verify its weights, eval mode.
+
+    `model_name`, when given, is the model the caller needs: a run made for another is refused.
+    """
+    card = read_card(run_dir)
+    if model_name is not None and card.model_name != model_name:
+        raise CheckpointError(
+            f"{card.run_dir} holds a {card.model_name!r} model, not {model_name!r}: give a run of {model_name} "
+            f"or use --model {card.model_name}")
+    try:
+        spec = registry.get(card.model_name)
+    except SitsError:
+        raise CheckpointError(
+            f"{card.run_dir} was made with model {card.model_name!r}, which this sitscli "
+            f"({__version__}, run made by {card.sitscli_version}) does not know") from None
+    weights = card.run_dir / WEIGHTS
+    _verify_weights(weights, card.weights_sha256)
+    model = spec.build(card.hparams, card.info)
+    try:
+        missing, unexpected = load_safetensors_into(model, str(weights), strict=False)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}): train the run again") from None
+    except RuntimeError as exc:  # shapes that do not fit the rebuilt model
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CheckpointError(f"{weights} does not fit a {card.model_name} built from model.yaml: {first}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit a {card.model_name} built from model.yaml: "
+            f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    return model.to(device).eval(), card
+
+
+def check_bands(card: ModelCard, band_names: list[str]) -> None:
+    """Refuse data whose bands are not the model's, in the model's order, and say what differs."""
+    expected = list(card.info.band_names)
+    if list(band_names) == expected:
+        return
+    lacking = [b for b in expected if b not in band_names]
+    extra = [b for b in band_names if b not in expected]
+    if lacking or extra:
+        parts = ([f"lacks {', '.join(lacking)}"] if lacking else []) + ([f"has extra {', '.join(extra)}"] if extra else [])
+        raise CheckpointError(
+            f"the data's bands do not fit model {card.run_dir}: it {' and '.join(parts)} "
+            f"(model bands: {', '.join(expected)}); prepare the data with these bands")
+    raise CheckpointError(
+        f"the data's bands are in another order than model {card.run_dir} expects: "
+        f"{', '.join(band_names)} vs {', '.join(expected)}; prepare the data with --bands {','.join(expected)}")
+
+
+def check_classes(card: ModelCard, class_names: list[str]) -> None:
+    """Refuse labelled data whose class list is not the classifier's (ids would mean other classes)."""
+    expected = list(card.info.class_names)
+    if list(class_names) != expected:
+        raise CheckpointError(
+            f"the data's classes ({', '.join(class_names) or 'none'}) are not those of model {card.run_dir} "
+            f"({', '.join(expected) or 'none'}): evaluate it on data prepared with the same classes")
+
+
+def _run_dir_of(path: Path) -> Path:
+    if path.is_file() and path.name in (CARD, WEIGHTS):
+        return path.parent
+    if not path.exists():
+        raise CheckpointError(f"run directory not found: {path} (give the folder written by sits pretrain or finetune)")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a run directory: give the folder that holds {CARD} and {WEIGHTS}")
+    if not (path / CARD).is_file():
+        hint = " (training was interrupted: continue it with --resume)" if (path / "resume").is_dir() else ""
+        raise CheckpointError(f"{path} is not a finished run: it has no {CARD}{hint}")
+    return path
+
+
+def _verify_weights(path: Path, sha256: str | None) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the run is incomplete, train it again")
+    if sha256 is None:
+        raise CheckpointError(f"{path.parent / CARD} records no weights checksum: the run is damaged, train it again")
+    if _sha256(path) != sha256:
+        raise CheckpointError(
+            f"{path} does not match the checksum in {CARD}: the file was changed, truncated or swapped "
+            f"(copy the run again, or train it again)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _few(names: list[str], limit: int = 4) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+

@@ -1,0 +1,96 @@
+"""Data-parallel training when launched by `torchrun` (or `srun` + `torchrun`), else one process.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `setup` reads them, joins
+the process group (NCCL between GPUs, gloo on CPU) and pins each process to GPU LOCAL_RANK. Only
+rank 0 writes files and logs; metrics are summed over ranks before they are averaged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from sitscli.engine.device import resolve_device
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False   # True when `setup` created the process group (and must destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_spec: str) -> DistContext:
+    """One process (the device from `device_spec`), or this process's place in a torchrun job."""
+    if not launched_by_torchrun():
+        return DistContext(0, 1, 0, resolve_device(device_spec))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec)
+    if device.type == "cuda":  # one GPU per process, whatever cuda:N was asked for
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    return DistContext(rank, world, local_rank, device, owns)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP-wrap for a distributed run (rank 0's weights are broadcast to all), else unchanged."""
+    if not ctx.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def sum_over_ranks(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise sum of a 1-D tensor over all ranks (identity in one process)."""
+    if ctx.distributed:
+        values = values.to(ctx.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when it is true on one (so all ranks stop at the same step)."""
+    if not ctx.distributed:
+        return flag
+    return bool(sum_over_ranks(torch.tensor([float(flag)]), ctx).item() > 0)
+
+
+def gather(obj, ctx: DistContext) -> list:
+    """Every rank's `obj` (small, JSON-like) on every rank, in rank order."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,437 @@
+"""The training loop every model shares: `fit(model, task, train_set, val_set, collate_fn, cfg, run_dir)`.
+
+A `Task` says how to turn a batch into a loss (pretext task, classification...); `fit` does the rest:
+device and bf16 autocast, DataLoader workers, AdamW/Adam, learning-rate schedule, gradient clipping,
+validation, early stopping, best weights, resumable state, graceful stop on SIGTERM/SIGUSR1, halving
+the batch on out-of-memory, DDP under torchrun, and the per-epoch history (CSV, JSON, PNG).
+
+Reproducibility: the training order of epoch e is a permutation seeded by `seed + e` (through
+DistributedSampler, also in one process), DataLoader worker seeds come from a generator seeded the
+same way, and every random generator state is saved with the model, so a run stopped at any step and
+resumed ends with bitwise the same weights as one that was never stopped (CPU; on GPU up to
+non-deterministic kernels). That holds if the dataset's `__getitem__` is a function of the index
+(or of the index and epoch) and `Task.on_epoch_start` draws its randomness from the epoch number.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from sitscli.core.errors import CheckpointError, ConfigError
+from sitscli.core.io import atomic_output
+from sitscli.core.progress import Progress, log
+from sitscli.engine import distributed
+from sitscli.engine.curves import plot_curves
+from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
+from sitscli.engine.distributed import DistContext
+from sitscli.engine.resume import load_state, rng_state, save_state, set_rng_state
+from sitscli.engine.schedule import LRSchedule
+from sitscli.engine.signals import StopSignals
+
+RESUME_DIR = "resume"
+# Options a resumed run must share with the interrupted one to continue it exactly; the others
+# (epochs, patience, device, workers, logging) may change between the two.
+_FIXED_ON_RESUME = ("batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+                    "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"            # "adamw" | "adam"
+    schedule: str = "warmup_cosine"     # "warmup_cosine" | "cosine_restarts" | "plateau" | "constant" (schedule.py)
+    warmup_epochs: float = 1.0
+    restart_period: int = 2             # cosine_restarts: epochs per cycle (SGDR's T_0)
+    min_lr: float = 0.0
+    # plateau: ReduceLROnPlateau's factor and patience. Not from a paper: halving after 3 flat epochs
+    # leaves room for two or three reductions before the default early stopping (10 epochs).
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    grad_clip: float | None = 1.0       # max global L2 norm of the gradients (None = off)
+    patience: int | None = 10           # early stopping on `monitor` (None = off)
+    monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...
+    monitor_mode: str = "min"           # "min" | "max"
+    device: str = "auto"
+    amp: bool = True                    # bf16 autocast, on CUDA only
+    seed: int = 0
+    num_workers: int = 0
+    log_every_s: float = 30.0
+
+
+class Task(Protocol):
+    """How a batch becomes a loss. `model` in `training_step` may be DDP-wrapped: call `model(batch)`
+    for everything that needs gradients (calling a submodule directly would skip DDP's gradient
+    synchronisation). `validation_step` gets the bare model, in eval mode under no_grad."""
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """-> scalar loss, extra metrics to log (averaged over the epoch, weighted by batch size)."""
+        ...
+
+    def validation_step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """-> metrics including "loss" (averaged over the validation set, weighted by batch size)."""
+        ...
+
+
+@dataclass
+class FitResult:
+    best_epoch: int                  # 1-based, as in `history[i]["epoch"]`; 0 when no epoch finished
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    interrupted: bool = False        # stopped by SIGTERM/SIGUSR1: exit with signals.INTERRUPTED_EXIT_CODE
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): call before building a model to repeat a run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None, collate_fn: Callable,
+        cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
+        trainable: Iterable[nn.Parameter] | None = None) -> FitResult:
+    """Train `model` on `train_set`, keep the best weights by `cfg.monitor`, load them into `model`.
+
+    `trainable`: the parameters to train (frozen encoder, LoRA adapters + head); every other
+    parameter gets requires_grad=False. Default: all parameters that require grad.
+    Writes into `run_dir` (rank 0): history.csv, history.json, curves.png and resume/.
+    """
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _Run(model, task, train_set, val_set, collate_fn, cfg, Path(run_dir), ctx, trainable).run(resume)
+    finally:
+        distributed.teardown(ctx)
+
+
+class ResumableSampler(DistributedSampler):
+    """This rank's share of the permutation seeded by `seed + epoch`, from sample `skip` on.
+
+    `skip` continues an epoch mid-way: after a resume, or after the batch size was halved.
+    """
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class _Mean:
+    """Sample-weighted means of per-batch values, summed over ranks before dividing."""
+
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0):
+        self.sums, self.count = dict(sums or {}), count
+
+    def add(self, values: dict[str, float], n: int) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
+        self.count += n
+
+    def result(self, ctx: DistContext) -> dict[str, float]:
+        keys = sorted(self.sums)  # every rank runs the same task code, hence has the same keys
+        totals = distributed.sum_over_ranks(torch.tensor([self.sums[k] for k in keys] + [self.count], dtype=torch.float64), ctx)
+        count = totals[-1].item()
+        return {k: totals[i].item() / count for i, k in enumerate(keys)} if count else {}
+
+
+class _Run:
+    def __init__(self, model, task, train_set, val_set, collate_fn, cfg: TrainConfig, run_dir: Path,
+                 ctx: DistContext, trainable):
+        _check_config(cfg, train_set, val_set, ctx)
+        self.task, self.train_set, self.val_set, self.collate_fn = task, train_set, val_set, collate_fn
+        self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
+        self.model = model.to(ctx.device)
+        self.params = _select_trainable(self.model, trainable)
+        self.optimizer = _make_optimizer(self.params, cfg)
+        self.schedule = LRSchedule(
+            self.optimizer, cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+            restart_period=cfg.restart_period, monitor_mode=cfg.monitor_mode,
+            plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience)
+        self.sampler = ResumableSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+        # Without a validation set the best epoch is the one with the lowest training loss.
+        self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
+            else ("train_loss", "min")
+        self.batch_size = cfg.batch_size
+        self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
+        self.train_mean = _Mean()
+        self.history: list[dict] = []
+        self.best_metric = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch, self.best_state, self.bad_epochs = 0, None, 0
+        self.stopped_early = self.finished = False
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, resume: bool) -> FitResult:
+        if resume:
+            self._restore()
+        else:
+            seed_everything(self.cfg.seed + self.ctx.rank)
+        if self.finished:
+            log(f"{self.run_dir}: training had already finished; nothing to resume")
+            return self._finish()
+        self.ddp = distributed.wrap(self.model, self.ctx)
+        with StopSignals() as stop:
+            while self.epoch < self.cfg.epochs:
+                if hasattr(self.task, "on_epoch_start"):
+                    self.task.on_epoch_start(self.epoch)
+                if self._train_epoch(stop):
+                    return self._interrupted(stop.received)
+                self._end_epoch()
+                if self.stopped_early:
+                    break
+            self.finished = True
+            self._save()
+        return self._finish()
+
+    def _train_epoch(self, stop: StopSignals) -> bool:
+        """Train until the end of this rank's share of the epoch; True when a stop signal came."""
+        self.model.train()
+        started = time.monotonic()
+        try:
+            while self.samples_done < self.sampler.num_samples:
+                self.sampler.set_epoch(self.epoch)
+                self.sampler.skip = self.samples_done
+                loader = self._loader(self.train_set, self.sampler, seed=self.cfg.seed + self.epoch)
+                with self._progress(len(loader)) as bar:
+                    for batch in loader:
+                        out_of_memory = False
+                        try:
+                            self._step(batch)
+                        except Exception as exc:
+                            if not is_out_of_memory(exc):
+                                raise
+                            out_of_memory = True  # handled below, once `exc` and its frames are released
+                        if out_of_memory:
+                            self._halve_batch()
+                            break
+                        bar.advance(1, status=f"loss {self.train_mean.sums['loss'] / self.train_mean.count:.4f}")
+                        if distributed.any_rank(stop.received is not None, self.ctx):
+                            return True
+        finally:
+            self.epoch_seconds += time.monotonic() - started
+        return False
+
+    def _step(self, batch: dict) -> None:
+        n = _batch_len(batch)
+        batch = _to_device(batch, self.ctx.device)
+        shard = self.sampler.num_samples
+        self.schedule.set_progress(self.epoch + self.samples_done / shard, self.epoch + (self.samples_done + n) / shard)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.ctx.device, self.cfg.amp):
+            loss, logs = self.task.training_step(self.ddp, batch)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ConfigError(f"training diverged (loss {value} in epoch {self.epoch + 1}): lower --lr, keep "
+                              f"gradient clipping on, or check the data for invalid values")
+        self.train_mean.add({"loss": value, **logs}, n)
+        self.samples_done += n
+
+    def _halve_batch(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        free_cached_memory(self.ctx.device)
+        old = self.batch_size
+        if self.ctx.distributed:  # the other ranks wait in a collective: they cannot shrink in step
+            raise ConfigError(f"out of memory at batch size {old} per process: run again with --batch-size {max(1, old // 2)}")
+        if old == 1:
+            raise ConfigError("out of memory with one sample per batch: use a smaller model, shorter series or another device")
+        self.batch_size = old // 2
+        log(f"out of memory at batch size {old}: going on with batch size {self.batch_size}")
+
+    def _end_epoch(self) -> None:
+        train = self.train_mean.result(self.ctx)
+        val = self._validate()
+        row = {"epoch": self.epoch + 1}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row.update(lr=self.optimizer.param_groups[0]["lr"], batch_size=self.batch_size, time_s=round(self.epoch_seconds, 3))
+        if self.monitor not in row:
+            raise ConfigError(f"monitor {self.monitor!r} is not among the logged values: {', '.join(k for k in row if k != 'epoch')}")
+        value = row[self.monitor]
+        improved = value < self.best_metric if self.mode == "min" else value > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        self.schedule.end_epoch(value)
+        self.history.append(row)
+        self.stopped_early = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
+        self.epoch, self.samples_done, self.epoch_seconds, self.train_mean = self.epoch + 1, 0, 0.0, _Mean()
+        self._save()
+        if self.ctx.is_main:
+            self._write_history()
+            log(_epoch_line(row, self.cfg.epochs, improved))
+            if self.stopped_early:
+                log(f"early stop: {self.monitor} has not improved for {self.bad_epochs} epochs (best at epoch {self.best_epoch})")
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        if self.val_set is None:
+            return {}
+        shard = Subset(self.val_set, range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
+        mean = _Mean()
+        self.model.eval()
+        for batch in self._loader(shard, None, seed=self.cfg.seed):
+            n = _batch_len(batch)
+            with autocast(self.ctx.device, self.cfg.amp):
+                mean.add(self.task.validation_step(self.model, _to_device(batch, self.ctx.device)), n)
+        self.model.train()
+        return mean.result(self.ctx)
+
+    def _loader(self, dataset, sampler, seed: int) -> DataLoader:
+        # A generator of our own: the loader's base seed (worker seeds) then neither depends on nor
+        # consumes the global torch generator that dropout and the tasks draw from.
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
+                          collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
+                          pin_memory=self.ctx.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(seed))
+
+    def _progress(self, steps: int) -> Progress:
+        description = f"epoch {self.epoch + 1}/{self.cfg.epochs}"
+        return Progress(steps, description, interval=self.cfg.log_every_s) if self.ctx.is_main else Progress(steps, description, interval=math.inf)
+
+    # ---- state -----------------------------------------------------------------------------
+    def _save(self) -> None:
+        rngs = distributed.gather(rng_state(), self.ctx)  # every rank's generators, for an exact resume
+        if not self.ctx.is_main:
+            return
+        meta = {
+            "epoch": self.epoch, "samples_done": self.samples_done, "epoch_seconds": self.epoch_seconds,
+            "batch_size": self.batch_size, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "finished": self.finished,
+            "history": self.history, "train_mean": {"sums": self.train_mean.sums, "count": self.train_mean.count},
+            "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.ctx.world_size,
+            "config": dataclasses.asdict(self.cfg),
+        }
+        save_state(self.run_dir / RESUME_DIR, model_state=self.model.state_dict(),
+                   optimizer_state=self.optimizer.state_dict(), best_state=self.best_state, meta=meta)
+
+    def _restore(self) -> None:
+        model_state, optimizer_state, self.best_state, meta = load_state(self.run_dir / RESUME_DIR)
+        changed = [f"{k} was {meta['config'][k]!r}, now {getattr(self.cfg, k)!r}"
+                   for k in _FIXED_ON_RESUME if meta["config"].get(k) != getattr(self.cfg, k)]
+        if changed:
+            raise ConfigError(f"cannot resume {self.run_dir} with other options ({'; '.join(changed)}): use the interrupted run's options")
+        try:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optimizer_state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the resume state in {self.run_dir} is for another model or other trainable "
+                                  f"parameters ({str(exc).splitlines()[0]}): start again without --resume") from None
+        self.schedule.load_state_dict(meta["schedule"])
+        self.epoch, self.samples_done, self.epoch_seconds = meta["epoch"], meta["samples_done"], meta["epoch_seconds"]
+        self.batch_size, self.history = meta["batch_size"], meta["history"]
+        self.best_metric, self.best_epoch, self.bad_epochs = meta["best_metric"], meta["best_epoch"], meta["bad_epochs"]
+        self.stopped_early, self.finished = meta["stopped_early"], meta["finished"]
+        self.train_mean = _Mean(**meta["train_mean"])
+        if meta["world_size"] == self.ctx.world_size:
+            set_rng_state(meta["rng"][self.ctx.rank])
+        else:
+            log(f"resuming on {self.ctx.world_size} process(es) instead of {meta['world_size']}: the data order "
+                f"of the current epoch changes, so the run will not repeat the uninterrupted one exactly")
+            self.samples_done = self.samples_done * meta["world_size"] // self.ctx.world_size
+            seed_everything(self.cfg.seed + self.ctx.rank + self.epoch)
+        if self.ctx.is_main and not self.finished:
+            log(f"resuming {self.run_dir} at epoch {self.epoch + 1}/{self.cfg.epochs}"
+                + (f", {self.samples_done} samples into it" if self.samples_done else ""))
+
+    def _interrupted(self, signal_name: str | None) -> FitResult:
+        self._save()
+        if self.ctx.is_main:
+            self._write_history()
+            log(f"stopped by {signal_name or 'a signal on another rank'} in epoch {self.epoch + 1}: state saved in "
+                f"{self.run_dir / RESUME_DIR}; run the same command with --resume to continue")
+        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True)
+
+    def _finish(self) -> FitResult:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if self.ctx.is_main:
+            self._write_history()
+        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False)
+
+    def _write_history(self) -> None:
+        columns = list(dict.fromkeys(k for row in self.history for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_output(self.run_dir / "history.csv", overwrite=True) as tmp:
+            tmp.write_text(text.getvalue())
+        summary = {"monitor": self.monitor, "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+                   "stopped_early": self.stopped_early, "epochs": self.history}
+        with atomic_output(self.run_dir / "history.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+        if self.history:
+            plot_curves(self.history, self.run_dir / "curves.png", best_epoch=self.best_epoch)
+
+
+def _check_config(cfg: TrainConfig, train_set, val_set, ctx: DistContext) -> None:
+    if cfg.optimizer not in ("adamw", "adam"):
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose adamw or adam")
+    if cfg.monitor_mode not in ("min", "max"):
+        raise ConfigError(f"monitor_mode must be min or max, not {cfg.monitor_mode!r}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ConfigError(f"epochs, batch size and learning rate must be positive (got {cfg.epochs}, {cfg.batch_size}, {cfg.lr})")
+    if len(train_set) == 0:
+        raise ConfigError("the training split is empty: check the dataset's split (sits info DATASET)")
+    if val_set is not None and len(val_set) < ctx.world_size:
+        raise ConfigError(f"the validation split has {len(val_set)} sample(s), fewer than the {ctx.world_size} processes")
+
+
+def _select_trainable(model: nn.Module, trainable: Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
+    if trainable is not None:
+        chosen = {id(p) for p in trainable}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in chosen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameter: check the fine-tuning mode")
+    return params
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on matrices (linear, attention, embeddings) only, not on biases and norm scales:
+    # decaying those only pulls them to zero without regularising (the usual AdamW practice).
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(groups, lr=cfg.lr)
+
+
+def _batch_len(batch) -> int:
+    return next(v for v in batch.values() if isinstance(v, Tensor)).shape[0]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "batch_size", "time_s"))
+    return f"epoch {row['epoch']}/{epochs}  {values}  {row['time_s']:.0f}s" + ("  [best]" if improved else "")

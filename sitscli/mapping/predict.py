@@ -1,0 +1,273 @@
+"""Windowed inference: a cube read block by block, each block's pixels classified in batches.
+
+The pieces, from the inside out:
+- `series_batch`: pixel series gathered from a window -> a batch in the `sitscli.data.batch`
+  format, compacted to clear observations where the model wants it (vectorised, no per-pixel loop).
+- `PixelClassifier`: one window (T, C, h, w) -> class probabilities (K, h, w), batched on the device,
+  bf16 autocast on CUDA, batch halved on CUDA out-of-memory.
+- `prefetch`: a reader thread that reads the next windows while the current one is classified
+  (a bounded queue: at most `depth` windows wait, so memory follows the block size, not the raster).
+- `write_map`: runs the blocks into resumable partial rasters (`sitscli.mapping.blocks`) and
+  renames them into place when every block is done.
+
+A patch model (ALISE) will add a `PatchClassifier` with the same `predict_window` signature
+(overlapping tiles read around the window, borders blended); `write_map` does not change.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from affine import Affine
+from rasterio.windows import Window
+from torch import nn
+
+from sitscli.core.errors import DataContentError, SitsError
+from sitscli.core.progress import Progress, log
+from sitscli.data.batch import Batch
+from sitscli.data.cube import Cube
+from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
+from sitscli.mapping import geotiff
+from sitscli.mapping.blocks import BlockProgress, partial_path
+from sitscli.mapping.geotiff import RasterSpec
+
+
+def series_batch(values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray, *,
+                 compact: bool, max_len: int | None) -> Batch:
+    """Pixel series -> a model batch, exactly as `collate([...], compact, max_len)` would build it.
+
+    Args:
+        values: (B, T, C) float32 reflectance 0-1; valid: (B, T) bool; dates: (T,) int days since
+            1970-01-01 (one acquisition calendar for the window); xy: (B, 2) map coordinates.
+        compact: keep only the clear observations of each pixel, in date order; when a pixel has
+            more than `max_len`, an evenly spaced subset (as `batch.compact_sample` without rng).
+    Returns:
+        values (B, L, C) float32, dates (B, L) int64, valid (B, L) bool, y (B,) -1, xy (B, 2) float64.
+    """
+    b, t, _ = values.shape
+    if not compact:
+        return _as_batch(values, np.broadcast_to(dates, (b, t)), valid, xy)
+    counts = valid.sum(axis=1)                                     # (B,)
+    kept = counts if max_len is None else np.minimum(counts, max_len)
+    length = max(1, int(kept.max(initial=0)))
+    order = np.argsort(~valid, axis=1, kind="stable")              # (B, T) clear dates first, in date order
+    slots = np.broadcast_to(np.arange(length), (b, length)).astype(np.float64)
+    if max_len is not None and max_len > 1:
+        over = counts > max_len                                    # evenly spaced picks, as np.linspace(0, n-1, max_len)
+        slots = np.where(over[:, None], slots * ((counts - 1) / (max_len - 1))[:, None], slots)
+    picks = np.minimum(np.rint(slots).astype(np.int64), t - 1)     # (B, L) positions in `order`
+    time_idx = np.take_along_axis(order, picks, axis=1)           # (B, L) date indices
+    keep = np.arange(length) < kept[:, None]                       # (B, L) False = padding
+    out_values = values[np.arange(b)[:, None], time_idx] * keep[..., None]
+    out_dates = dates[time_idx]
+    last = np.where(kept > 0, out_dates[np.arange(b), np.maximum(kept - 1, 0)], 0)  # padding repeats the last date (as collate)
+    out_dates = np.where(keep, out_dates, last[:, None])
+    return _as_batch(out_values, out_dates, keep, xy)
+
+
+def _as_batch(values: np.ndarray, dates: np.ndarray, valid: np.ndarray, xy: np.ndarray) -> Batch:
+    return {
+        "values": torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)),
+        "dates": torch.from_numpy(np.ascontiguousarray(dates, dtype=np.int64)),
+        "valid": torch.from_numpy(np.ascontiguousarray(valid, dtype=bool)),
+        "y": torch.full((len(values),), -1, dtype=torch.int64),
+        "xy": torch.from_numpy(np.ascontiguousarray(xy, dtype=np.float64)),
+    }
+
+
+def pixel_centres(transform: Affine, window: Window) -> np.ndarray:
+    """Map coordinates of the pixel centres of `window`, (h * w, 2) row-major."""
+    rows, cols = np.mgrid[0:int(window.height), 0:int(window.width)]
+    col = cols.ravel() + window.col_off + 0.5
+    row = rows.ravel() + window.row_off + 0.5
+    t = transform
+    return np.stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f], axis=1)
+
+
+class PixelClassifier:
+    """Classifies every pixel of a window with a pixel model (spec.input == "pixel").
+
+    Args:
+        model: a classifier whose forward(batch) returns logits (B, K), in eval mode.
+        num_classes: K.
+        compact, max_len: from the model's registry spec.
+        batch_size: pixels per forward pass.
+        device: where the model lives.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, *, compact: bool, max_len: int | None,
+                 batch_size: int, device: torch.device):
+        self.model, self.num_classes = model, num_classes
+        self.compact, self.max_len = compact, max_len
+        self.batch_size, self.device = batch_size, device
+
+    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """values (T, C, h, w), valid (T, h, w), dates (T,), xy (h * w, 2) -> probabilities (K, h, w)
+        float32, NaN where a pixel has no valid observation."""
+        t, c, h, w = values.shape
+        observed = np.flatnonzero(valid.any(axis=0).ravel())          # (N,) pixels with a clear date
+        probs = np.full((h * w, self.num_classes), np.nan, dtype=np.float32)
+        series = values.reshape(t, c, h * w)
+        masks = valid.reshape(t, h * w)
+        start = 0
+        while start < observed.size:
+            idx = observed[start:start + self.batch_size]
+            batch = series_batch(series[:, :, idx].transpose(2, 0, 1), masks[:, idx].T, dates, xy[idx],
+                                 compact=self.compact, max_len=self.max_len)
+            try:
+                probs[idx] = self._probabilities(batch)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(exc):
+                    raise
+                self._halve_batch()
+                continue
+            start += idx.size
+        return probs.T.reshape(self.num_classes, h, w)
+
+    @torch.inference_mode()
+    def _probabilities(self, batch: Batch) -> np.ndarray:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with autocast(self.device):
+            logits = self.model(batch)                                  # (B, K)
+        return logits.float().softmax(dim=-1).cpu().numpy()
+
+    def _halve_batch(self) -> None:
+        free_cached_memory(self.device)
+        if self.batch_size == 1:
+            raise SitsError(f"{self.device} out of memory with a batch of one pixel: use a smaller model or --device cpu")
+        self.batch_size //= 2
+        log(f"{self.device} out of memory: batch size halved to {self.batch_size}, going on")
+
+
+def prefetch(cube: Cube, blocks: list[tuple[int, Window]], depth: int = 1) -> Iterator[tuple[int, Window, np.ndarray, np.ndarray]]:
+    """Yield (index, window, values, valid) read by a background thread, at most `depth` ahead.
+
+    GDAL releases the GIL while it decodes, so reading the next window overlaps the model's work
+    on the current one. A reader error is raised here, in the consumer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_all() -> None:
+        try:
+            for index, window in blocks:
+                if not put((index, window, *cube.read(window))):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    reader = threading.Thread(target=read_all, name="sits-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+@dataclass
+class MapTarget:
+    """One output raster of a map job: where it goes, what it holds, how probabilities become it.
+
+    `encode(probs)` takes (K, h, w) float32 probabilities (NaN = no observation) and returns the
+    (count, h, w) array to write, in `spec.dtype`, nodata where NaN.
+    """
+
+    path: Path
+    spec: RasterSpec
+    encode: Callable[[np.ndarray], np.ndarray]
+
+
+def class_ids(spec: RasterSpec) -> Callable[[np.ndarray], np.ndarray]:
+    def encode(probs: np.ndarray) -> np.ndarray:
+        observed = ~np.isnan(probs[0])
+        ids = np.where(observed, np.nan_to_num(probs).argmax(axis=0), spec.nodata)
+        return ids.astype(spec.dtype)[None]
+    return encode
+
+
+def scaled(spec: RasterSpec, reduce: Callable[[np.ndarray], np.ndarray] = lambda p: p) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities (or a reduction of them, e.g. the max) stored as `spec.dtype`: floats as they
+    are, integers as round(p / scale) with nodata where NaN."""
+    def encode(probs: np.ndarray) -> np.ndarray:
+        out = reduce(probs)
+        if np.dtype(spec.dtype).kind == "f":
+            return out.astype(spec.dtype)
+        return np.where(np.isnan(out), spec.nodata, np.rint(np.nan_to_num(out) / spec.scale)).astype(spec.dtype)
+    return encode
+
+
+def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget], *, block: int,
+              fingerprint: dict, resume: bool = False, cog: bool = False, compress: str = "deflate",
+              after_block: Callable[[int], None] | None = None) -> dict:
+    """Classify `cube` block by block into `targets`, resumable, and move them into place.
+
+    Each finished block is written to every partial raster (closed = on disk) before the progress
+    sidecar records it, so a run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) is continued by
+    `resume=True` to the same map an uninterrupted run makes. On any other error the partial
+    outputs are removed. `after_block(n_done)` is a hook for progress callbacks (tests inject
+    faults with it).
+
+    Returns a summary: blocks, blocks skipped (resumed), pixels, pixels mapped.
+    """
+    blocks = list(enumerate(cube.windows(block)))
+    partials = [partial_path(t.path) for t in targets]
+    fingerprint = {**fingerprint, "block": block, "outputs": [[t.path.name, t.spec.dtype, t.spec.count] for t in targets]}
+    state = BlockProgress.start(partials[0], fingerprint, resume=resume)
+    if state.done and not all(p.exists() for p in partials):
+        log("the partial rasters of the earlier run are gone: starting from the beginning")
+        state.blocks.clear()
+    if not state.done:
+        for target, partial in zip(targets, partials):
+            geotiff.create(partial, cube.grid, target.spec, compress)
+    todo = [(i, w) for i, w in blocks if i not in state.done]
+    skipped = len(blocks) - len(todo)
+    if skipped:
+        log(f"resuming: {skipped} of {len(blocks)} blocks already done")
+    try:
+        with Progress(len(blocks), "predict-map") as bar:
+            bar.advance(skipped)
+            for index, window, values, valid in prefetch(cube, todo):
+                probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window))
+                for target, partial in zip(targets, partials):
+                    geotiff.write_window(partial, window, target.encode(probs))
+                state.mark(index, int((~np.isnan(probs[0])).sum()))
+                bar.advance()
+                if after_block is not None:
+                    after_block(len(state.done))
+        if state.mapped_pixels == 0:
+            raise DataContentError("no pixel of the input has a valid observation on any date: nothing to map "
+                                   "(check the cloud masks, the --dates range or the --aoi)")
+        for target, partial in zip(targets, partials):
+            geotiff.finish(partial, target.path, target.spec, cog=cog, compress=compress)
+    except KeyboardInterrupt:
+        log("interrupted: the finished blocks are kept; rerun with --resume to continue")
+        raise
+    except BaseException:
+        for partial in partials:
+            geotiff.discard(partial)
+        state.remove()
+        raise
+    state.remove()
+    return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
+            "pixels_mapped": state.mapped_pixels}

@@ -1,0 +1,156 @@
+"""`sits predict-map`: a classifier run applied to every pixel of an image time series.
+
+The input's dates need not be the training dates: the model reads each pixel's dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from sitscli import __version__
+from sitscli.core.dates import iso
+from sitscli.core.errors import CheckpointError, ConfigError
+from sitscli.core.io import check_output
+from sitscli.core.progress import log
+from sitscli.data.cube import Cube
+from sitscli.engine.checkpoint import ModelCard, check_bands, load_model
+from sitscli.engine.device import resolve_device
+from sitscli.mapping.geotiff import RasterSpec, class_map_spec
+from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
+from sitscli.models import registry
+
+# Probabilities are stored as uint8 percent by default (value 0-100, GDAL scale 0.01, nodata 255):
+# a quarter of float32's size for a K-band raster, and 1 % steps are finer than any map's accuracy.
+# `prob_dtype="float32"` keeps full precision (nodata NaN).
+PROB_DTYPES = ("uint8", "float32")
+PERCENT = 0.01
+
+DEFAULTS = {
+    "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
+    "date_range": None, "dates_file": None, "block": 512, "batch_size": 2048, "device": "auto",
+    "cog": False, "compress": "deflate", "resume": False, "overwrite": False,
+}
+
+
+def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path,
+                probabilities: str | Path | None = None, confidence: str | Path | None = None,
+                prob_dtype: str = "uint8", bands: list[str] | None = None, aoi=None,
+                date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
+                block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = False,
+                compress: str = "deflate", resume: bool = False, overwrite: bool = False,
+                after_block: Callable[[int], None] | None = None) -> dict:
+    """Map `source` (an L2A folder, a GeoTIFF stack, or an opened `Cube`) with the classifier `model`.
+
+    Writes `out` (class ids, colour table, class names), and optionally `probabilities` (one band per
+    class) and `confidence` (the largest probability). Returns a summary for printing.
+    """
+    outputs = _check_outputs(out, probabilities, confidence, overwrite)
+    if prob_dtype not in PROB_DTYPES:
+        raise ConfigError(f"--prob-dtype {prob_dtype!r}: choose one of {', '.join(PROB_DTYPES)}")
+    if block < 16 or batch_size < 1:
+        raise ConfigError("--block must be at least 16 pixels and --batch-size at least 1")
+    torch_device = resolve_device(device)
+    net, card = load_model(Path(model), torch_device)
+    spec = _classifier_spec(card)
+    cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file)
+    log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
+        f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
+    classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
+                                 batch_size=batch_size, device=torch_device)
+    targets = _targets(outputs, card, cube, prob_dtype)
+    summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
+                        fingerprint=_fingerprint(source, card, cube), after_block=after_block)
+    return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
+            "model": card.model_name, "dates": len(cube.dates)}
+
+
+def _check_outputs(out, probabilities, confidence, overwrite: bool) -> dict[str, Path]:
+    given = {"map": out, "probabilities": probabilities, "confidence": confidence}
+    outputs = {k: Path(v) for k, v in given.items() if v is not None}
+    resolved = [p.resolve() for p in outputs.values()]
+    if len(set(resolved)) < len(resolved):
+        raise ConfigError("--out, --probabilities and --confidence must be different files")
+    for path in outputs.values():
+        check_output(path, overwrite)
+    return outputs
+
+
+def _classifier_spec(card: ModelCard) -> registry.ModelSpec:
+    if card.info.num_classes == 0:
+        raise CheckpointError(f"{card.run_dir} is a pre-training run (no classes): fine-tune it first "
+                              f"(sits finetune --from {card.run_dir}) and map with the fine-tuned run")
+    spec = registry.get(card.model_name)
+    if spec.input != "pixel":
+        raise ConfigError(f"predict-map maps pixel models; {card.model_name} takes patches, which it does not map yet")
+    return spec
+
+
+def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cube:
+    """Open the source and check it holds the model's bands, in the model's order."""
+    if isinstance(source, Cube):
+        cube = source
+    else:
+        from sitscli.data.readers import open_source
+
+        # Without --bands the reader is asked for the model's bands, in the model's order; --bands
+        # names the bands of a stack that does not name them itself (a subset is taken below).
+        cube = open_source(Path(source), bands=bands or list(card.info.band_names), aoi=aoi,
+                           date_range=date_range, dates_file=Path(dates_file) if dates_file else None)
+    if list(cube.band_names) != list(card.info.band_names):
+        lacking = [b for b in card.info.band_names if b not in cube.band_names]
+        if lacking:
+            check_bands(card, list(cube.band_names))  # raises, naming what is missing
+        cube = BandSubset(cube, list(card.info.band_names))
+    return cube
+
+
+class BandSubset(Cube):
+    """The model's bands, in the model's order, of a cube that has more (or the same, reordered)."""
+
+    def __init__(self, cube: Cube, band_names: list[str]):
+        self.cube, self.band_names = cube, band_names
+        self.index = np.array([list(cube.band_names).index(b) for b in band_names])
+        self.dates, self.grid, self.layout, self.tile = cube.dates, cube.grid, cube.layout, cube.tile
+
+    def _read(self, window: Window, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values, valid = self.cube.read(window, times)
+        return values[:, self.index], valid
+
+    def read_valid(self, window: Window | None = None, times: np.ndarray | None = None) -> np.ndarray:
+        return self.cube.read_valid(window, times)
+
+
+def _targets(outputs: dict[str, Path], card: ModelCard, cube: Cube, prob_dtype: str) -> list[MapTarget]:
+    names = list(card.info.class_names)
+    provenance = {"SITS_MODEL": card.model_name, "SITS_RUN": str(card.run_dir), "SITSCLI_VERSION": __version__,
+                  "SITS_DATES": f"{iso(cube.dates[0])}/{iso(cube.dates[-1])} ({len(cube.dates)} dates)"}
+    class_spec = class_map_spec(names, card.info.class_colors, tags=provenance)
+    targets = [MapTarget(outputs["map"], class_spec, class_ids(class_spec))]
+    is_float = prob_dtype == "float32"
+    nodata, scale = (float("nan"), None) if is_float else (255, PERCENT)
+    if "probabilities" in outputs:
+        spec = RasterSpec(count=len(names), dtype=prob_dtype, nodata=nodata, scale=scale, tags=provenance,
+                          descriptions=[f"probability {n}" for n in names])
+        targets.append(MapTarget(outputs["probabilities"], spec, scaled(spec)))
+    if "confidence" in outputs:
+        spec = RasterSpec(count=1, dtype=prob_dtype, nodata=nodata, scale=scale, tags=provenance,
+                          descriptions=["confidence (largest class probability)"])
+        targets.append(MapTarget(outputs["confidence"], spec, scaled(spec, lambda p: p.max(axis=0, keepdims=True))))
+    return targets
+
+
+def _fingerprint(source, card: ModelCard, cube: Cube) -> dict:
+    """What must not change between a run and its --resume."""
+    grid = cube.grid
+    return {
+        "input": str(Path(source).resolve()) if not isinstance(source, Cube) else repr(type(source).__name__),
+        "model": str(Path(card.run_dir).resolve()) + "@" + str(card.weights_sha256),
+        "grid": [grid.crs.to_string() if grid.crs else "", list(grid.transform)[:6], grid.height, grid.width],
+        "dates": [int(d) for d in cube.dates],
+        "bands": list(cube.band_names),
+    }
+

@@ -1,0 +1,201 @@
+"""`sits prepare SOURCE`: resolve options (defaults < --config file < flags), run one recipe.
+
+Each source has a table of defaults, which are also the keys a `--config` YAML may set. The
+resolved options are saved as `config.yaml` inside the dataset; giving that file back as
+`--config` prepares the same dataset again (inputs and output included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sitscli.core.config import load_yaml, resolve
+from sitscli.core.dates import parse_date_range
+from sitscli.core.errors import ConfigError
+from sitscli.core.io import require_exists
+from sitscli.data.recipes.s2 import DEFAULT_FRACTIONS, DEFAULT_MAX_PER_POLYGON
+
+_FRACTIONS = ",".join(str(f) for f in DEFAULT_FRACTIONS)
+
+# Option defaults per source; None marks "not given" (or, for INPUTS below, "required").
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "s2": {
+        "folder": None, "out": None, "labels": None, "class_field": None, "color_field": None,
+        "bands": None, "aoi": None, "dates": None, "tile": None, "valid_scl": "4,5,6,7",
+        "buffer": 0.0, "max_per_polygon": DEFAULT_MAX_PER_POLYGON, "unlabeled": 0, "patch_size": None,
+        "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
+    },
+    "timesen2crop": {
+        # the common TimeSen2Crop split (Weikmann et al. 2021): 33TVN validation, 33UVP test, the rest train
+        "root": None, "out": None, "val_tiles": "33TVN", "test_tiles": "33UVP", "seed": 0, "overwrite": False,
+    },
+    "sitsbert-csv": {
+        "train": None, "out": None, "val": None, "test": None, "unlabeled": None, "bands": None, "year": None,
+        "seed": 0, "overwrite": False,
+    },
+    "table": {
+        "csv": None, "out": None, "layout": "auto", "id_col": None, "date_col": None, "label_col": None,
+        "band_cols": None, "lon_col": None, "lat_col": None, "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
+    },
+    "synthetic": {
+        "out": None, "layout": "safe", "size": 256, "seed": 0, "difficulty": 0.3, "years": 2, "zipped": False,
+        "baseline": None, "overwrite": False,
+    },
+}
+# What each source cannot do without (the first is the positional argument of `sits prepare SOURCE`).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "s2": ("folder", "labels", "class_field", "out"),
+    "timesen2crop": ("root", "out"),
+    "sitsbert-csv": ("train", "out"),
+    "table": ("csv", "out"),
+    "synthetic": ("out",),
+}
+SOURCES = tuple(DEFAULTS)
+
+
+@dataclass
+class PrepareResult:
+    """What `sits prepare` made: a dataset (with its summary) or, for `synthetic`, an L2A folder."""
+
+    path: Path
+    kind: str                       # "dataset" | "l2a"
+    summary: dict[str, Any]
+
+
+def resolve_options(source: str, flags: Mapping[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
+    """Defaults < config file < flags (None = not given); required options checked."""
+    if source not in DEFAULTS:
+        raise ConfigError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
+    file_values = load_yaml(config_file) if config_file else {}
+    options = resolve(DEFAULTS[source], file_values, flags)
+    missing = [name for name in REQUIRED[source] if options.get(name) in (None, "")]
+    if missing:
+        names = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"prepare {source}: {names} required (give it on the command line or in --config)")
+    return options
+
+
+def prepare(source: str, flags: Mapping[str, Any], config_file: str | Path | None = None) -> PrepareResult:
+    """Run `sits prepare SOURCE` with the given flags; returns the output and its summary."""
+    options = resolve_options(source, flags, config_file)
+    return _RUNNERS[source](options)
+
+
+# ------------------------------------------------------------------------ option parsing
+
+def _names(value) -> list[str] | None:
+    """"B02,B03" or [B02, B03] -> ["B02", "B03"]; None stays None."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [item.strip() for item in items if item.strip()] or None
+
+
+def _numbers(value, kind: type, what: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in (_names(value) or []))
+    except ValueError:
+        raise ConfigError(f"{what} {value!r}: give numbers separated by commas") from None
+
+
+def _aoi(value):
+    """'left,bottom,right,top' (raster CRS) or a vector file whose bounds are used."""
+    if value is None:
+        return None
+    parts = _names(value) or []
+    if len(parts) == 4:
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            pass
+    return require_exists(str(value), "--aoi vector file")
+
+
+def _path(value) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as saved with the output: input and output paths made absolute."""
+    return {k: str(Path(v).expanduser().resolve()) if isinstance(v, Path) else v for k, v in options.items()}
+
+
+# ------------------------------------------------------------------------------ runners
+
+def _run_s2(o: dict) -> PrepareResult:
+    from sitscli.data.recipes.s2 import prepare_s2
+
+    o = {**o, "folder": _path(o["folder"]), "out": _path(o["out"]), "labels": _path(o["labels"])}
+    path = prepare_s2(
+        o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
+        bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
+        valid_scl=_numbers(o["valid_scl"], int, "--valid-scl"), buffer=float(o["buffer"]),
+        max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
+        patch_size=None if o["patch_size"] is None else int(o["patch_size"]),
+        fractions=_numbers(o["fractions"], float, "--fractions"), seed=int(o["seed"]), overwrite=bool(o["overwrite"]),
+        config={"source": "s2", **_saved(o)},
+    )
+    return _dataset_result(path)
+
+
+def _run_timesen2crop(o: dict) -> PrepareResult:
+    from sitscli.data.recipes.timesen2crop import prepare_timesen2crop
+
+    o = {**o, "root": _path(o["root"]), "out": _path(o["out"])}
+    path = prepare_timesen2crop(o["root"], o["out"], val_tiles=tuple(_names(o["val_tiles"]) or ()),
+                                test_tiles=tuple(_names(o["test_tiles"]) or ()), seed=int(o["seed"]),
+                                overwrite=bool(o["overwrite"]), config={"source": "timesen2crop", **_saved(o)})
+    return _dataset_result(path)
+
+
+def _run_sitsbert_csv(o: dict) -> PrepareResult:
+    from sitscli.data.recipes.sitsbert_csv import prepare_sitsbert_csv
+
+    o = {**o, **{k: _path(o[k]) for k in ("train", "out", "val", "test", "unlabeled")}}
+    extra = {"bands": tuple(_names(o["bands"]))} if o["bands"] else {}
+    if o["year"] is not None:
+        extra["year"] = int(o["year"])
+    path = prepare_sitsbert_csv(o["train"], o["out"], val=o["val"], test=o["test"], unlabeled=o["unlabeled"],
+                                seed=int(o["seed"]), overwrite=bool(o["overwrite"]),
+                                config={"source": "sitsbert-csv", **_saved(o)}, **extra)
+    return _dataset_result(path)
+
+
+def _run_table(o: dict) -> PrepareResult:
+    from sitscli.data.recipes.table import prepare_table
+
+    o = {**o, "csv": _path(o["csv"]), "out": _path(o["out"])}
+    path = prepare_table(o["csv"], o["out"], layout=o["layout"], id_col=o["id_col"], date_col=o["date_col"],
+                         label_col=o["label_col"], band_cols=_names(o["band_cols"]), lon_col=o["lon_col"],
+                         lat_col=o["lat_col"], fractions=_numbers(o["fractions"], float, "--fractions"),
+                         seed=int(o["seed"]), overwrite=bool(o["overwrite"]), config={"source": "table", **_saved(o)})
+    return _dataset_result(path)
+
+
+def _run_synthetic(o: dict) -> PrepareResult:
+    from sitscli.data.synthetic import write_synthetic
+
+    scene = write_synthetic(_path(o["out"]), size=int(o["size"]), seed=int(o["seed"]), layout=o["layout"],
+                            years=int(o["years"]), difficulty=float(o["difficulty"]), zipped=bool(o["zipped"]),
+                            baseline=o["baseline"], overwrite=bool(o["overwrite"]))
+    summary = {
+        "l2a": str(scene.l2a), "labels": str(scene.parcels), "class_field": scene.class_field, "changes": str(scene.changes),
+        "layout": scene.layout, "tile": scene.tile, "crs": scene.crs, "dates": len(scene.dates),
+        "classes": list(scene.class_names), "years": [list(y) for y in scene.years],
+    }
+    return PrepareResult(Path(scene.root), "l2a", summary)
+
+
+def _dataset_result(path: Path) -> PrepareResult:
+    from sitscli.data.prepared import open_prepared
+
+    return PrepareResult(Path(path), "dataset", open_prepared(path).summary())
+
+
+_RUNNERS: dict[str, Callable[[dict], PrepareResult]] = {
+    "s2": _run_s2, "timesen2crop": _run_timesen2crop, "sitsbert-csv": _run_sitsbert_csv,
+    "table": _run_table, "synthetic": _run_synthetic,
+}

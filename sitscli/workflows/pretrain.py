@@ -1,0 +1,206 @@
+"""`sits pretrain`: self-supervised pre-training of a registered model with its pretext task.
+
+Options resolve as: engine `TrainConfig` defaults < the model's paper settings (`TRAINING` in its
+module) < `--config FILE.yaml` < flags. The resolved options are saved as `RUN/config.yaml`.
+
+A run directory is finished when it holds `model.yaml` (written last, by `save_model`). Until
+then it may hold `config.yaml`, the engine's logs and `resume/`, and `--resume RUN` continues it.
+Every input is checked before the directory is made; a run that fails before its first epoch
+is saved is removed, so a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from sitscli.core.config import dump_yaml, load_yaml, resolve
+from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
+from sitscli.core.io import check_output, require_exists
+from sitscli.core.progress import log
+from sitscli.data.batch import collate
+from sitscli.data.prepared import Prepared, open_prepared
+from sitscli.data.torchdata import SeriesDataset
+from sitscli.engine.checkpoint import CARD, save_model
+from sitscli.engine.trainer import FitResult, TrainConfig, fit
+from sitscli.models import registry
+from sitscli.models.registry import DataInfo, ModelSpec
+from sitscli.ssl import make_pretext
+
+CONFIG = "config.yaml"
+RESUME = "resume"
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+# Options of `sits pretrain` besides the TrainConfig fields.
+# val_fraction: share of the training samples held out to watch the pretext loss when the
+# dataset has no `val` split (3 %: the reference code's valid_rate).
+PRETRAIN_OPTIONS: dict[str, Any] = {"data": None, "model": "sitsbert", "hparams": {}, "pretext": {},
+                                    "val_fraction": 0.03}
+
+
+@dataclass
+class RunResult:
+    """What a training command made."""
+
+    run_dir: Path
+    fit: FitResult
+    trainable_parameters: int
+    report: dict | None = None      # test-split report (fine-tuning)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.fit.interrupted
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or the only process: the one that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def model_training_defaults(spec: ModelSpec, stage: str) -> dict[str, Any]:
+    """The paper's optimisation settings a model module declares as `TRAINING[stage]` (may be empty)."""
+    module = importlib.import_module(spec.build.__module__)
+    return dict(getattr(module, "TRAINING", {}).get(stage, {}))
+
+
+def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[str, Any],
+                        config_file: str | Path | None, resume: str | Path | None) -> dict[str, Any]:
+    """defaults < (a resumed run's saved config) < --config < flags given (None = not given).
+
+    `stage_defaults(model_name) -> dict` gives the model's own settings once its name is known.
+    """
+    file_values: dict[str, Any] = {}
+    if resume is not None:
+        file_values.update(load_yaml(require_run_config(Path(resume))))
+    if config_file:
+        file_values.update(load_yaml(config_file))
+    defaults = {**dataclasses.asdict(TrainConfig()), **base}
+    model = flags.get("model") or file_values.get("model") or defaults.get("model")
+    if model:
+        defaults.update(stage_defaults(model))
+    return resolve(defaults, file_values, flags)
+
+
+def require_run_config(run_dir: Path) -> Path:
+    require_exists(run_dir, "run directory to resume")
+    if (run_dir / CARD).is_file():
+        raise ConfigError(f"{run_dir} is a finished run (it has {CARD}): nothing to resume; start a new run with --out")
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a sitscli run (no {CONFIG}): give the folder of an interrupted run")
+    return run_dir / CONFIG
+
+
+def check_run_output(out: str | Path | None, overwrite: bool) -> Path:
+    """The output run directory, refused when it exists (unless --overwrite)."""
+    if out is None:
+        raise ConfigError("--out RUN is required: the folder to write the run to")
+    out = Path(out)
+    if out.exists() and not overwrite and (out / RESUME).is_dir() and not (out / CARD).is_file():
+        raise OutputExistsError(f"{out} holds an interrupted run: continue it with --resume {out}, or pass --overwrite")
+    return check_output(out, overwrite)
+
+
+def train_config(options: Mapping[str, Any]) -> TrainConfig:
+    return TrainConfig(**{name: options[name] for name in TRAIN_FIELDS})
+
+
+@contextlib.contextmanager
+def run_directory(run_dir: Path, options: Mapping[str, Any], *, resume: bool) -> Iterator[Path]:
+    """Make (or reuse, on resume) the run directory and save the resolved options in it.
+
+    If the body fails before the engine saved a resumable state, a new directory is removed again.
+    """
+    created = not resume
+    if is_main_process():
+        if created and run_dir.exists():          # --overwrite was given (checked before)
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(dict(options), run_dir / CONFIG)
+    try:
+        yield run_dir
+    except BaseException:
+        if created and is_main_process() and not (run_dir / RESUME).is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def series_dataset(prepared: Prepared, spec: ModelSpec, splits: tuple[str, ...], *,
+                   labeled_only: bool) -> SeriesDataset:
+    return SeriesDataset(prepared, splits=splits, labeled_only=labeled_only, compact=spec.compact,
+                         max_len=spec.max_len)
+
+
+def check_input_kind(prepared: Prepared, spec: ModelSpec) -> None:
+    if prepared.mode != spec.input:
+        raise DataContentError(
+            f"{prepared.path} holds {prepared.mode} samples but model {spec.name} takes {spec.input} samples: "
+            f"prepare the data in {spec.input} mode")
+
+
+def hold_out(dataset: SeriesDataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split a dataset at random into (train, validation) with `fraction` in validation (at least 1)."""
+    n = len(dataset)
+    if not 0 < fraction < 1 or n < 2:
+        raise DataContentError(f"no validation samples: give the dataset a val split, or set val_fraction in (0, 1) "
+                               f"with at least 2 training samples")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(fraction * n)))
+    return Subset(dataset, order[n_val:].tolist()), Subset(dataset, order[:n_val].tolist())
+
+
+def count_trainable(parameters) -> int:
+    return sum(p.numel() for p in parameters if p.requires_grad)
+
+
+def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = None,
+             resume: str | Path | None = None, overwrite: bool = False, **flags: Any) -> RunResult:
+    """Pre-train `model` on `data` with its pretext task; flags are options (None = not given).
+
+    Trains on the `train` and `unlabeled` splits, labels ignored; watches the pretext loss on
+    `val` (or on `val_fraction` of the training samples when there is no val split). The test
+    split is never seen, so a later fine-tuning report stays a fair test.
+    """
+    options = resolve_run_options(PRETRAIN_OPTIONS, lambda m: model_training_defaults(registry.get(m), "pretrain"),
+                                  flags, config_file, resume)
+    run_dir = Path(resume) if resume is not None else check_run_output(out, overwrite)
+    if options["data"] is None:
+        raise ConfigError("give the prepared dataset to pre-train on (DATA argument or `data:` in --config)")
+    prepared = open_prepared(options["data"])
+    options["data"] = str(Path(prepared.path).resolve())
+    spec = registry.get(options["model"])
+    if spec.pretext is None:
+        raise ConfigError(f"model {spec.name} has no pretext task: train it directly with `sits finetune --model {spec.name}`")
+    check_input_kind(prepared, spec)
+    full = prepared.info()
+    info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date)  # no classes
+    model = spec.build(dict(options["hparams"]), info)
+    task = make_pretext(spec.pretext, **options["pretext"])
+    cfg = train_config(options)
+
+    train_set: Dataset = series_dataset(prepared, spec, ("train", "unlabeled"), labeled_only=False)
+    if len(train_set) == 0:
+        raise DataContentError(f"the train and unlabeled splits of {prepared.path} are empty: nothing to pre-train on")
+    val_set: Dataset = series_dataset(prepared, spec, ("val",), labeled_only=False)
+    if len(val_set) == 0:
+        train_set, val_set = hold_out(train_set, options["val_fraction"], cfg.seed)
+
+    with run_directory(run_dir, options, resume=resume is not None):
+        log(f"pre-training {spec.name} ({count_trainable(model.parameters()):,} parameters) with the "
+            f"{spec.pretext} pretext on {len(train_set):,} samples, validating on {len(val_set):,}")
+        result = fit(model, task, train_set, val_set, collate, cfg, run_dir, resume=resume is not None)
+        if not result.interrupted and is_main_process():
+            save_model(run_dir, model, model_name=spec.name, hparams={**spec.defaults, **options["hparams"]},
+                       info=info, task="pretrain", dataset_fingerprint=prepared.fingerprint,
+                       extra={"pretext": spec.pretext, "pretext_options": options["pretext"],
+                              "best_epoch": result.best_epoch, "best_val_loss": result.best_metric})
+    return RunResult(run_dir, result, count_trainable(model.parameters()))
