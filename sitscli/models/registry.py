@@ -54,6 +54,12 @@ class ModelSpec:
         max_len: longest series the model takes when compact (None = any).
         pretext: name of the pretext task in `sitscli.ssl` used by `sits pretrain`, or None.
         description: one line for `--help` and error messages.
+        direct_fit: for models not trained by gradient descent (random forest): a function
+            (train_set, hparams, info, seed) -> fitted nn.Module that `sits finetune` calls instead of
+            the engine. Such a module still predicts through `forward(batch)` and saves as safetensors.
+
+    A classifier module may also define `training_loss(batch) -> (loss, metrics)` when its
+    objective is not cross-entropy on `forward`'s logits (the SVGP's ELBO); fine-tuning then uses it.
     """
 
     name: str
@@ -64,6 +70,7 @@ class ModelSpec:
     max_len: int | None = None
     pretext: str | None = None
     description: str = ""
+    direct_fit: Callable[..., nn.Module] | None = None
 
 
 _MODELS: dict[str, ModelSpec] = {}
