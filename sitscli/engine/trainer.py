@@ -306,9 +306,12 @@ class _Run:
     def _loader(self, dataset, sampler, seed: int) -> DataLoader:
         # A generator of our own: the loader's base seed (worker seeds) then neither depends on nor
         # consumes the global torch generator that dropout and the tasks draw from.
+        # A training batch of one sample breaks BatchNorm on (B, F) features: that lone sample waits
+        # for the next epoch (the permutation changes, so no sample is left out for good).
+        lone_last = sampler is not None and len(sampler) % self.batch_size == 1 and len(sampler) > 1
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
                           collate_fn=self.collate_fn, num_workers=self.cfg.num_workers,
-                          pin_memory=self.ctx.device.type == "cuda",
+                          pin_memory=self.ctx.device.type == "cuda", drop_last=lone_last,
                           generator=torch.Generator().manual_seed(seed))
 
     def _progress(self, steps: int) -> Progress:

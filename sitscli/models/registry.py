@@ -76,7 +76,10 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 # Modules that register models; imported lazily so `sits --help` stays fast.
-_MODEL_MODULES: tuple[str, ...] = ("sitscli.models.sitsbert", "sitscli.models.alise")
+_MODEL_MODULES: tuple[str, ...] = (
+    "sitscli.models.sitsbert", "sitscli.models.alise", "sitscli.models.tempcnn", "sitscli.models.ltae",
+    "sitscli.models.lstm", "sitscli.models.inceptiontime", "sitscli.models.transformer",
+)
 
 
 def register(spec: ModelSpec) -> ModelSpec:

@@ -69,7 +69,11 @@ def resolve_options(source: str, flags: Mapping[str, Any], config_file: str | Pa
     """Defaults < config file < flags (None = not given); required options checked."""
     if source not in DEFAULTS:
         raise ConfigError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
-    file_values = load_yaml(config_file) if config_file else {}
+    file_values = dict(load_yaml(config_file)) if config_file else {}
+    saved = file_values.pop("source", source)  # a dataset's config.yaml records its source
+    if saved != source:
+        raise ConfigError(f"{config_file} holds options of `sits prepare {saved}`, not {source}: "
+                          f"use `sits prepare {saved} --config {config_file}`")
     options = resolve(DEFAULTS[source], file_values, flags)
     missing = [name for name in REQUIRED[source] if options.get(name) in (None, "")]
     if missing:

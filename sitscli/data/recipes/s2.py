@@ -21,6 +21,7 @@ from sitscli.core.progress import Progress, log
 from sitscli.data.cube import Cube
 from sitscli.data.labels import NO_POLYGON, UNLABELED, Labels, class_lookup, rasterize_window, read_labels, sample_pixels
 from sitscli.data.prepared import PreparedWriter
+from sitscli.data.readers import open_source
 from sitscli.data.splits import UNLABELED as UNLABELED_SPLIT
 from sitscli.data.splits import split_codes, split_groups
 
@@ -53,8 +54,6 @@ def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class
     Returns:
         The path of the written dataset.
     """
-    from sitscli.data.readers import open_source  # TEMP until readers land
-
     folder = require_exists(folder, "L2A folder")
     cube = open_source(folder, bands=list(bands) if bands else None, aoi=aoi, date_range=date_range,
                        valid_scl=tuple(valid_scl), tile=tile)

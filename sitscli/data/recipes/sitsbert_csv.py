@@ -68,7 +68,7 @@ def _scan(path: Path, n_bands: int, labeled: bool) -> tuple[int, int, set[int]]:
 
 
 def prepare_sitsbert_csv(train, out, *, val=None, test=None, unlabeled=None, bands=SITSBERT_BANDS, year: int = 2019,
-                         class_names=None, overwrite: bool = False, seed: int = 0) -> Path:
+                         class_names=None, overwrite: bool = False, seed: int = 0, config: dict | None = None) -> Path:
     """Prepare SITS-BERT CSV files, each becoming one split; returns the `.sits` path.
 
     Args:
@@ -79,6 +79,7 @@ def prepare_sitsbert_csv(train, out, *, val=None, test=None, unlabeled=None, ban
             give the year of your data when date-aware models matter).
         class_names: names for label ids 0..K-1 (default: the ids as text).
         seed: recorded only; the files already are the splits.
+        config: the options saved as config.yaml (default: these arguments).
     """
     files = [(f, code, code != UNLABELED) for f, code in ((train, TRAIN), (val, VAL), (test, TEST), (unlabeled, UNLABELED))
              if f is not None]
@@ -98,8 +99,9 @@ def prepare_sitsbert_csv(train, out, *, val=None, test=None, unlabeled=None, ban
     n_time = max(s[1] for s in scans.values())
     total = sum(s[0] for s in scans.values())
     log(f"SITS-BERT CSV: {total} series, up to {n_time} observations, {n_classes} classes, dates placed in {year}")
-    config = {"recipe": "sitsbert-csv", "train": train, "val": val, "test": test, "unlabeled": unlabeled,
-              "bands": list(bands), "year": year, "class_names": list(class_names), "seed": seed}
+    if config is None:
+        config = {"recipe": "sitsbert-csv", "train": train, "val": val, "test": test, "unlabeled": unlabeled,
+                  "bands": list(bands), "year": year, "class_names": list(class_names), "seed": seed}
     jan1 = int(to_days([np.datetime64(f"{year}-01-01")])[0])
     with PreparedWriter(dataset_path(out), n_time=n_time, band_names=[canonical_band(b) for b in bands],
                         class_names=class_names, sensor="sentinel-2", source="sitsbert-csv", config=config,

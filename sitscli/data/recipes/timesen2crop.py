@@ -103,10 +103,11 @@ def _pixels(tile: Path, dates: np.ndarray, class_ids: dict[str, int]) -> Iterato
 
 
 def prepare_timesen2crop(root, out, *, val_tiles=("33TVN",), test_tiles=("33UVP",), overwrite: bool = False,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, config: dict | None = None) -> Path:
     """Prepare a TimeSen2Crop tree; returns the `.sits` path.
 
     The split is by tile (no random draw), so `seed` only goes into config.yaml for the record.
+    `config`: the options saved as config.yaml (default: these arguments).
     """
     root = require_exists(root, "TimeSen2Crop root")
     tiles = _find_tiles(root)
@@ -121,8 +122,9 @@ def prepare_timesen2crop(root, out, *, val_tiles=("33TVN",), test_tiles=("33UVP"
         raise DataFormatError(f"no class folders in the tiles of {root}: expected ROOT/<tile>/<class>/<n>.csv")
     class_ids = {name: i for i, name in enumerate(class_names)}
     n_time = max(len(d) for d in tile_dates.values())
-    config = {"recipe": "timesen2crop", "root": str(root), "val_tiles": list(val_tiles), "test_tiles": list(test_tiles),
-              "seed": seed}
+    if config is None:
+        config = {"recipe": "timesen2crop", "root": str(root), "val_tiles": list(val_tiles),
+                  "test_tiles": list(test_tiles), "seed": seed}
     total = sum(1 for t in tiles for c in _class_dirs(t) for _ in c.glob("*.csv"))
     log(f"TimeSen2Crop: {len(tiles)} tiles, {len(class_names)} classes, {total} pixels, up to {n_time} dates")
     group = 0
