@@ -44,7 +44,7 @@ def _root(
 
 
 # Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
-COMMAND_MODULES: tuple[str, ...] = ("predict_map",)
+COMMAND_MODULES: tuple[str, ...] = ("pretrain", "finetune", "probe", "predict_map", "demo")
 
 
 def _register() -> None:
@@ -55,7 +55,9 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SitsError as exc:
         if _state["debug"]:
             raise

@@ -177,6 +177,7 @@ class _Run:
         self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
         self.train_mean = _Mean()
         self.history: list[dict] = []
+        self.plotted_at = time.monotonic()
         self.best_metric = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_state, self.bad_epochs = 0, None, 0
         self.stopped_early = self.finished = False
@@ -284,7 +285,8 @@ class _Run:
         self.epoch, self.samples_done, self.epoch_seconds, self.train_mean = self.epoch + 1, 0, 0.0, _Mean()
         self._save()
         if self.ctx.is_main:
-            self._write_history()
+            # Redrawing the PNG costs about a second: at most once a minute during training.
+            self._write_history(plot=time.monotonic() - self.plotted_at > 60)
             log(_epoch_line(row, self.cfg.epochs, improved))
             if self.stopped_early:
                 log(f"early stop: {self.monitor} has not improved for {self.bad_epochs} epochs (best at epoch {self.best_epoch})")
@@ -378,7 +380,7 @@ class _Run:
             self._write_history()
         return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False)
 
-    def _write_history(self) -> None:
+    def _write_history(self, plot: bool = True) -> None:
         columns = list(dict.fromkeys(k for row in self.history for k in row))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=columns)
@@ -390,8 +392,9 @@ class _Run:
                    "stopped_early": self.stopped_early, "epochs": self.history}
         with atomic_output(self.run_dir / "history.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
-        if self.history:
+        if self.history and plot:
             plot_curves(self.history, self.run_dir / "curves.png", best_epoch=self.best_epoch)
+            self.plotted_at = time.monotonic()
 
 
 def _check_config(cfg: TrainConfig, train_set, val_set, ctx: DistContext) -> None:

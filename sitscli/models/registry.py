@@ -59,7 +59,8 @@ class ModelSpec:
             the engine. Such a module still predicts through `forward(batch)` and saves as safetensors.
 
     A classifier module may also define `training_loss(batch) -> (loss, metrics)` when its
-    objective is not cross-entropy on `forward`'s logits (the SVGP's ELBO); fine-tuning then uses it.
+    objective is not cross-entropy on `forward`'s logits (the SVGP's ELBO); fine-tuning then uses it,
+    and `set_training_size(n)` when the objective needs the number of training samples.
     """
 
     name: str
@@ -78,7 +79,8 @@ _MODELS: dict[str, ModelSpec] = {}
 # Modules that register models; imported lazily so `sits --help` stays fast.
 _MODEL_MODULES: tuple[str, ...] = (
     "sitscli.models.sitsbert", "sitscli.models.alise", "sitscli.models.tempcnn", "sitscli.models.ltae",
-    "sitscli.models.lstm", "sitscli.models.inceptiontime", "sitscli.models.transformer",
+    "sitscli.models.lstm", "sitscli.models.inceptiontime", "sitscli.models.transformer", "sitscli.models.mtan_svgp",
+    "sitscli.models.rf",
 )
 
 

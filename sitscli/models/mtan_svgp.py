@@ -1,0 +1,330 @@
+"""mTAN + SVGP: an attention interpolator trained end to end with a sparse variational GP classifier.
+
+Bellet, Fauvel, Inglada, Michel 2024, "End-to-end learning for land cover classification using
+irregular and unaligned SITS by combining attention-based interpolation with sparse variational
+Gaussian processes" (IEEE JSTARS 17, doi:10.1109/JSTARS.2023.3343921; equation numbers are theirs).
+
+- `mtan-svgp`: the interpolator of `sitscli.models.mtan` (eq. 4-9) gives a latent grid (R, D'),
+  flattened into one vector per pixel; a sparse variational GP classifier (Hensman et al. 2015) on
+  it: one latent GP per class, M inducing points, whitened variational strategy, RBF kernel, softmax
+  likelihood. Interpolator and GP are trained jointly by maximising the variational ELBO.
+- The paper's comparison variants, registered here too:
+  `gapfilled-svgp` (series linearly gap-filled on a 10-day grid, then the same SVGP: the paper's
+  "linearly interpolated SITS"), `mtan-mlp` (mTAN then an MLP, cross-entropy), `mtan-ltae` (the
+  mTAN latent grid read as a regular series by an L-TAE), `raw-ltae` (the raw observations, clouds
+  included, with the validity mask as an extra channel, into an L-TAE).
+
+Resolved ambiguities (each a choice, written down):
+- Multi-class GP: K independent latent GPs (one per class, each with its own inducing points,
+  constant mean and scaled RBF kernel) and a softmax likelihood without mixing weights.
+- Inducing points: initialised, on the first training batch, from the latent vectors of M random
+  pixels of that batch (when the batch is smaller than M, the remaining ones are copies of batch
+  pixels plus N(0, 0.1^2) noise): points where the data lie, as the usual random-subset
+  initialisation of SVGP. The flag saying it was done is in the checkpoint.
+- RBF lengthscale: starts at sqrt(R x D'), the typical distance between standardised vectors of
+  that size, so the kernel is not ~0 between all pixels at the first step.
+- `num_data` (N in the ELBO's KL / N): hparam `num_data`, or the `num_data` attribute a workflow
+  may set to the training-set size; known, it is checked against M on the first training call.
+  Unset, the running count of training samples seen (at least M) is used: it is exact during the
+  first epoch (once past M) and later overestimates N, which only weakens the pull of the prior
+  on the inducing outputs (negligible at the paper's millions of pixels).
+- Prediction: `forward` returns the log of the softmax-likelihood probabilities averaged over
+  `mc_samples` draws of the latent GPs. The draws use fixed standard-normal base samples, so a
+  prediction is deterministic and does not depend on the batch it is in.
+- The GP runs in float32 with autocast off: Cholesky factors in bfloat16 fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sitscli.core.errors import ConfigError
+from sitscli.models.ltae import DEFAULTS as LTAE_DEFAULTS
+from sitscli.models.ltae import LTAEEncoder, mlp_layers
+from sitscli.models.mtan import DEFAULTS as MTAN_DEFAULTS
+from sitscli.models.mtan import GapFilledEncoder, MTANEncoder, SpectralFeatures, observation_times
+from sitscli.models.registry import DataInfo, ModelSpec, register
+
+SVGP_DEFAULTS: dict[str, Any] = {
+    "inducing": 200,      # M, the paper's experimental setting
+    "num_data": None,     # N of the ELBO; None = set by the workflow or counted (module docstring)
+    "mc_samples": 64,     # draws of the latent GPs averaged at prediction (ours)
+}
+GAPFILL_DEFAULTS: dict[str, Any] = {"grid_len": 37, "grid_step": 10.0}   # the paper's 10-day grid over 2018
+MLP_DEFAULTS: dict[str, Any] = {"mlp": [256, 256], "dropout": 0.2}       # ours: two hidden layers
+LTAE_HPARAMS: dict[str, Any] = {k: v for k, v in LTAE_DEFAULTS.items() if k != "positions"}
+INDUCING_NOISE = 0.1
+
+# The paper's experimental settings: Adam, learning rate 1e-3, batches of 1024 pixels; the same for
+# the variants here. Epochs and early stopping are the engine's (the paper's budget is not ours).
+# amp off: the GP's Cholesky factorisations need float32.
+TRAINING: dict[str, dict[str, Any]] = {
+    "finetune": {"batch_size": 1024, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0,
+                 "schedule": "constant", "warmup_epochs": 0.0, "grad_clip": None, "amp": False},
+}
+
+
+def check_inducing(num_train: int, hparams: dict[str, Any]) -> None:
+    """Refuse more inducing points than training samples (the workflow calls it once it knows N)."""
+    inducing = int({**SVGP_DEFAULTS, **hparams}["inducing"])
+    if num_train < inducing:
+        raise ConfigError(f"the SVGP has {inducing} inducing points but only {num_train} training samples: "
+                          f"set hparam inducing to at most {num_train}")
+
+
+@functools.cache
+def latent_gp_class() -> type:
+    """The GP class, made on first use: gpytorch is imported only when an SVGP model is built, so
+    listing the registry (which imports every model module) stays fast."""
+    import gpytorch
+
+    class LatentGP(gpytorch.models.ApproximateGP):
+        """K independent GPs over features z (B, F) -> MultitaskMultivariateNormal, event (B, K)."""
+
+        def __init__(self, num_classes: int, inducing: int, dim: int):
+            points = torch.randn(num_classes, inducing, dim)          # replaced on the first training batch
+            batch = torch.Size([num_classes])
+            dist = gpytorch.variational.CholeskyVariationalDistribution(inducing, batch_shape=batch)
+            strategy = gpytorch.variational.IndependentMultitaskVariationalStrategy(
+                gpytorch.variational.VariationalStrategy(self, points, dist, learn_inducing_locations=True),
+                num_tasks=num_classes)
+            super().__init__(strategy)
+            self.mean_module = gpytorch.means.ConstantMean(batch_shape=batch)
+            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(batch_shape=batch),
+                                                             batch_shape=batch)
+            self.covar_module.base_kernel.lengthscale = math.sqrt(dim)
+
+        def forward(self, z: Tensor):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+    return LatentGP
+
+
+class SVGPHead(nn.Module):
+    """Sparse variational GP classifier: features (B, F) -> log-probabilities (B, K); ELBO loss."""
+
+    def __init__(self, dim: int, num_classes: int, inducing: int, num_data: int | None, mc_samples: int):
+        super().__init__()
+        if inducing < 1 or mc_samples < 1:
+            raise ConfigError(f"the SVGP needs inducing >= 1 and mc_samples >= 1, got {inducing} and {mc_samples}")
+        import gpytorch
+
+        self.gp = latent_gp_class()(num_classes, inducing, dim)
+        self.likelihood = gpytorch.likelihoods.SoftmaxLikelihood(
+            num_features=num_classes, num_classes=num_classes, mixing_weights=False)
+        self.inducing, self.num_data = inducing, num_data
+        self.register_buffer("inducing_ready", torch.tensor(False))
+        self.register_buffer("samples_seen", torch.tensor(0, dtype=torch.int64))
+        base = torch.randn(mc_samples, 1, num_classes, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("base_samples", base, persistent=False)       # (S, 1, K)
+
+    def log_probs(self, z: Tensor) -> Tensor:
+        """z (B, F) -> (B, K) log of the MC-averaged softmax probabilities."""
+        with torch.autocast(z.device.type, enabled=False):
+            f = self.gp(z.float())                                       # event (B, K), independent classes
+            draws = f.mean + f.variance.clamp_min(0).sqrt() * self.base_samples   # (S, B, K)
+            probs = draws.softmax(-1).mean(0)                            # (B, K)
+        return probs.clamp_min(1e-12).log()
+
+    def loss(self, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """z (B, F), y (B,) class ids -> negative ELBO per sample, {"elbo": ...}."""
+        from gpytorch.mlls import VariationalELBO
+
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            if not bool(self.inducing_ready):
+                self._init_inducing(z.detach())
+            self.samples_seen += z.shape[0]
+            num_data = self.num_data if self.num_data is not None else max(int(self.samples_seen), self.inducing)
+            elbo = VariationalELBO(self.likelihood, self.gp, num_data=num_data)(self.gp(z), y)
+        return -elbo, {"elbo": float(elbo.detach())}
+
+    @torch.no_grad()
+    def _init_inducing(self, z: Tensor) -> None:
+        """Inducing points <- latent vectors of random pixels of the first training batch z (B, F)."""
+        if self.num_data is not None:
+            check_inducing(int(self.num_data), {"inducing": self.inducing})
+        pick = torch.randperm(z.shape[0], device=z.device)[: self.inducing]
+        points = z[pick]
+        if points.shape[0] < self.inducing:   # a batch smaller than M: noisy copies fill the rest
+            extra = z[torch.randint(z.shape[0], (self.inducing - points.shape[0],), device=z.device)]
+            points = torch.cat((points, extra + INDUCING_NOISE * torch.randn_like(extra)))
+        strategy = self.gp.variational_strategy.base_variational_strategy
+        strategy.inducing_points.copy_(points.expand_as(strategy.inducing_points))
+        if not bool(strategy.variational_params_initialized):   # gpytorch draws q(u)'s mean at random
+            self.gp(z[:1])
+        self.inducing_ready.fill_(True)
+        _copy_from_rank0(self)
+
+
+def _copy_from_rank0(module: nn.Module) -> None:
+    """Under DDP every rank initialised from its own batch: make them all rank 0's."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in module.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def _labels(batch: dict[str, Tensor]) -> Tensor:
+    y = batch["y"]
+    if bool((y < 0).any()):
+        raise ConfigError("the SVGP's training batch holds unlabelled samples (y = -1): train on labelled samples only")
+    return y
+
+
+class SVGPClassifier(nn.Module):
+    """encoder (batch -> (B, ...) features) + SVGP: forward -> log-probabilities (B, K)."""
+
+    def __init__(self, encoder: nn.Module, dim: int, num_classes: int, h: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        self.head = SVGPHead(dim, num_classes, h["inducing"], h["num_data"], h["mc_samples"])
+
+    @property
+    def num_data(self) -> int | None:
+        return self.head.num_data
+
+    @num_data.setter
+    def num_data(self, value: int | None) -> None:
+        self.head.num_data = value
+
+    def set_training_size(self, num_train: int) -> None:
+        """The ELBO's N, told by the fine-tuning workflow; more inducing points than samples is refused."""
+        check_inducing(num_train, {"inducing": self.head.inducing})
+        self.num_data = num_train
+
+    def forward(self, batch: dict[str, Tensor], loss: bool = False) -> Tensor | tuple[Tensor, dict[str, float]]:
+        """-> log-probabilities (B, K); with `loss`, what `training_loss` returns."""
+        z = self.encoder(batch).flatten(1)                                     # (B, F)
+        return self.head.loss(z, _labels(batch)) if loss else self.head.log_probs(z)
+
+    def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Negative variational ELBO of the batch, interpolator and GP trained jointly.
+
+        The same as `forward(batch, loss=True)`: call that form on a DDP-wrapped model, so that
+        the gradients are synchronised across ranks.
+        """
+        return self(batch, loss=True)
+
+
+class MLPClassifier(nn.Module):
+    """mTAN then an MLP: batch -> logits (B, K)."""
+
+    def __init__(self, encoder: MTANEncoder, num_classes: int, h: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        sizes = [encoder.ref_points * encoder.latent_dim, *h["mlp"]]
+        self.head = nn.Sequential(mlp_layers(sizes), nn.Dropout(h["dropout"]), nn.Linear(sizes[-1], num_classes))
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.head(self.encoder(batch).flatten(1))
+
+
+def _ltae(in_channels: int, num_classes: int, h: dict[str, Any]) -> tuple[LTAEEncoder, nn.Module]:
+    encoder = LTAEEncoder(in_channels, h["d_model"], h["n_head"], h["d_k"], h["mlp"], h["dropout"], h["T"])
+    sizes = [encoder.out_dim, *h["decoder"]]
+    return encoder, nn.Sequential(mlp_layers(sizes), nn.Linear(sizes[-1], num_classes))
+
+
+class MTANLTAEClassifier(nn.Module):
+    """mTAN latent grid (B, R, D') read as a regular series at the reference dates by an L-TAE -> logits (B, K)."""
+
+    def __init__(self, encoder: MTANEncoder, num_classes: int, h: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        self.ltae, self.decoder = _ltae(encoder.latent_dim, num_classes, h)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        latent = self.encoder(batch)                                             # (B, R, D')
+        days = self.encoder.ref_days.expand(latent.shape[0], -1)                 # (B, R)
+        keep = torch.ones(latent.shape[:2], dtype=torch.bool, device=latent.device)
+        return self.decoder(self.ltae(latent, days, keep))
+
+
+def real_observations(dates: Tensor, valid: Tensor) -> Tensor:
+    """(B, T) True on acquisitions, False on batch padding, for batches that keep cloudy dates.
+
+    `collate` pads with valid=False and repeats the last date: padding is the trailing run of
+    invalid entries whose date equals the previous one. (A cloudy duplicate of the last date at the
+    very end of a series is dropped with it, which loses nothing.)
+    """
+    repeated = torch.zeros_like(valid)
+    repeated[:, 1:] = dates[:, 1:] == dates[:, :-1]
+    invalid_to_end = (~valid).flip(1).cumprod(1).flip(1).bool()             # all invalid from here on
+    return ~(repeated & invalid_to_end)
+
+
+class RawLTAEClassifier(nn.Module):
+    """Raw observations, clouds included ((features x mask) and the mask as a channel) -> L-TAE -> logits (B, K)."""
+
+    def __init__(self, info: DataInfo, h: dict[str, Any]):
+        super().__init__()
+        self.features = SpectralFeatures(info)
+        self.ltae, self.decoder = _ltae(self.features.out_dim + 1, info.num_classes, h)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        mask = batch["valid"].unsqueeze(-1).to(batch["values"].dtype)            # (B, T, 1)
+        x = torch.cat((self.features(batch["values"]) * mask, mask), -1)         # (B, T, D + 1)
+        days = observation_times(batch["dates"]) * 365.0                         # day of year - 1
+        return self.decoder(self.ltae(x, days, real_observations(batch["dates"], batch["valid"])))
+
+
+def _resolve(defaults: dict[str, Any], hparams: dict[str, Any], info: DataInfo, name: str) -> dict[str, Any]:
+    if info.num_classes < 2:
+        raise ConfigError(f"{name} is a supervised classifier: it needs a dataset with at least 2 classes")
+    return {**defaults, **hparams}
+
+
+MTAN_SVGP_DEFAULTS = {**MTAN_DEFAULTS, **SVGP_DEFAULTS}
+GAPFILLED_SVGP_DEFAULTS = {**GAPFILL_DEFAULTS, **SVGP_DEFAULTS}
+MTAN_MLP_DEFAULTS = {**MTAN_DEFAULTS, **MLP_DEFAULTS}
+MTAN_LTAE_DEFAULTS = {**MTAN_DEFAULTS, **LTAE_HPARAMS}
+RAW_LTAE_DEFAULTS = dict(LTAE_HPARAMS)
+
+
+def build_mtan_svgp(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
+    h = _resolve(MTAN_SVGP_DEFAULTS, hparams, info, "mtan-svgp")
+    encoder = MTANEncoder(info, h)
+    return SVGPClassifier(encoder, encoder.ref_points * encoder.latent_dim, info.num_classes, h)
+
+
+def build_gapfilled_svgp(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
+    h = _resolve(GAPFILLED_SVGP_DEFAULTS, hparams, info, "gapfilled-svgp")
+    encoder = GapFilledEncoder(info, int(h["grid_len"]), float(h["grid_step"]))
+    return SVGPClassifier(encoder, int(h["grid_len"]) * encoder.out_dim, info.num_classes, h)
+
+
+def build_mtan_mlp(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
+    h = _resolve(MTAN_MLP_DEFAULTS, hparams, info, "mtan-mlp")
+    return MLPClassifier(MTANEncoder(info, h), info.num_classes, h)
+
+
+def build_mtan_ltae(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
+    h = _resolve(MTAN_LTAE_DEFAULTS, hparams, info, "mtan-ltae")
+    return MTANLTAEClassifier(MTANEncoder(info, h), info.num_classes, h)
+
+
+def build_raw_ltae(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
+    h = _resolve(RAW_LTAE_DEFAULTS, hparams, info, "raw-ltae")
+    return RawLTAEClassifier(info, h)
+
+
+register(ModelSpec(
+    name="mtan-svgp", build=build_mtan_svgp, defaults=MTAN_SVGP_DEFAULTS, input="pixel", compact=True,
+    description="mTAN interpolator + spatial encoding + sparse variational GP (Bellet et al. 2024), trained jointly"))
+register(ModelSpec(
+    name="gapfilled-svgp", build=build_gapfilled_svgp, defaults=GAPFILLED_SVGP_DEFAULTS, input="pixel", compact=True,
+    description="series linearly gap-filled on a 10-day grid + sparse variational GP (Bellet et al. 2024 baseline)"))
+register(ModelSpec(
+    name="mtan-mlp", build=build_mtan_mlp, defaults=MTAN_MLP_DEFAULTS, input="pixel", compact=True,
+    description="mTAN interpolator + MLP classifier (Bellet et al. 2024 comparison)"))
+register(ModelSpec(
+    name="mtan-ltae", build=build_mtan_ltae, defaults=MTAN_LTAE_DEFAULTS, input="pixel", compact=True,
+    description="mTAN latent grid read by an L-TAE (Bellet et al. 2024 comparison)"))
+register(ModelSpec(
+    name="raw-ltae", build=build_raw_ltae, defaults=RAW_LTAE_DEFAULTS, input="pixel", compact=False,
+    description="L-TAE on raw observations, clouds included, with the validity mask as a channel (Bellet et al. 2024)"))
