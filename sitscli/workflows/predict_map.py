@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from sitscli import __version__
@@ -28,6 +29,7 @@ from sitscli.models import registry
 # `prob_dtype="float32"` keeps full precision (nodata NaN).
 PROB_DTYPES = ("uint8", "float32")
 PERCENT = 0.01
+GDAL_CACHE_MB = 64
 
 DEFAULTS = {
     "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
@@ -62,8 +64,11 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
                                  batch_size=batch_size, device=torch_device)
     targets = _targets(outputs, card, cube, prob_dtype)
-    summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
-                        fingerprint=_fingerprint(source, card, cube), after_block=after_block)
+    # Every input block is read once, so GDAL's block cache (5 % of RAM by default) only holds dead
+    # data: a small cap keeps memory flat whatever the raster size.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
+                            fingerprint=_fingerprint(source, card, cube), after_block=after_block)
     return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
             "model": card.model_name, "dates": len(cube.dates)}
 

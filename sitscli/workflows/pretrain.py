@@ -32,7 +32,7 @@ from sitscli.data.batch import collate
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import CARD, save_model
-from sitscli.engine.trainer import FitResult, TrainConfig, fit
+from sitscli.engine.trainer import FitResult, TrainConfig, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.ssl import make_pretext
@@ -105,6 +105,8 @@ def check_run_output(out: str | Path | None, overwrite: bool) -> Path:
     if out is None:
         raise ConfigError("--out RUN is required: the folder to write the run to")
     out = Path(out)
+    if not is_main_process():   # rank 0 checks and makes the directory; the other ranks may find it made
+        return out
     if out.exists() and not overwrite and (out / RESUME).is_dir() and not (out / CARD).is_file():
         raise OutputExistsError(f"{out} holds an interrupted run: continue it with --resume {out}, or pass --overwrite")
     return check_output(out, overwrite)
@@ -183,9 +185,10 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     check_input_kind(prepared, spec)
     full = prepared.info()
     info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date)  # no classes
+    cfg = train_config(options)
+    seed_everything(cfg.seed)             # the initial weights repeat with --seed
     model = spec.build(dict(options["hparams"]), info)
     task = make_pretext(spec.pretext, **options["pretext"])
-    cfg = train_config(options)
 
     train_set: Dataset = series_dataset(prepared, spec, ("train", "unlabeled"), labeled_only=False)
     if len(train_set) == 0:

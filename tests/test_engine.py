@@ -1,0 +1,132 @@
+"""Training engine robustness: exact resume after a stop, SIGTERM handling, 2-process DDP (gloo, CPU).
+
+Every run is the tiny SITS-BERT pre-training of tests/_train_script.py on a small prepared dataset
+(80 train + 16 val samples, batch 16: 5 steps an epoch, 3 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import _train_script
+from sitscli.core.errors import CheckpointError, ConfigError
+from sitscli.data.prepared import SPLIT_CODES, PreparedWriter
+from sitscli.engine.checkpoint import CARD, WEIGHTS, load_model
+from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
+from sitscli.engine.trainer import RESUME_DIR
+
+SCRIPT = Path(__file__).with_name("_train_script.py")
+EPOCHS, STEPS_PER_EPOCH = 3, 5
+N_TRAIN, N_VAL, N_TIME = 80, 16, 40
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, toy_pixel_series) -> Path:
+    path = tmp_path_factory.mktemp("engine") / "tiny.sits"
+    samples = toy_pixel_series(N_TRAIN + N_VAL, num_classes=3, num_bands=4, seed=1)
+    with PreparedWriter(path, n_time=N_TIME, band_names=["B02", "B03", "B04", "B08"], class_names=["a", "b", "c"],
+                        sensor="S2", source="test") as writer:
+        for i, s in enumerate(samples):
+            writer.append(x=s["values"][None], valid=s["valid"][None], date=s["dates"][None], y=[int(s["y"])],
+                          split=[SPLIT_CODES["train" if i < N_TRAIN else "val"]], group=[i])
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> Path:
+    """An uninterrupted run."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = _train_script.train(tiny_data, run, epochs=EPOCHS, resume=False)
+    assert not result.interrupted and (run / CARD).is_file()
+    return run
+
+
+def _subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))}
+
+
+def _assert_same_weights(run_a: Path, run_b: Path | dict) -> None:
+    a = load_file(str(run_a / WEIGHTS))
+    b = run_b if isinstance(run_b, dict) else load_file(str(run_b / WEIGHTS))
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"weights differ: {differing[:5]}"
+
+
+def _interrupted_state(run: Path) -> dict:
+    return json.loads((run / RESUME_DIR / "state.json").read_text())
+
+
+# The stop comes after the step's update and before the epoch ends: after the 5th step the state is
+# "epoch 1 (0-based 0) fully trained, not yet validated"; after the 8th, 3 batches into epoch 2.
+@pytest.mark.parametrize("stop_step, saved_at", [(STEPS_PER_EPOCH, (0, N_TRAIN)), (STEPS_PER_EPOCH + 3, (1, 48))],
+                         ids=["end-of-epoch-1", "mid-epoch-2"])
+def test_stopped_then_resumed_run_equals_uninterrupted_run(tiny_data, reference, tmp_path, stop_step, saved_at):
+    run = tmp_path / "run"
+    first = _train_script.train(tiny_data, run, epochs=EPOCHS, resume=False, sigterm_at_step=stop_step)
+    assert first.interrupted
+    assert not (run / CARD).exists() and (run / RESUME_DIR).is_dir()
+    state = _interrupted_state(run)
+    assert (state["epoch"], state["samples_done"]) == saved_at
+    second = _train_script.train(tiny_data, run, epochs=EPOCHS, resume=True)
+    assert not second.interrupted
+    _assert_same_weights(run, reference)
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    expected = json.loads((reference / "history.json").read_text())["epochs"]
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in expected]
+    assert [r["val_loss"] for r in history] == [r["val_loss"] for r in expected]
+
+
+def test_sigterm_leaves_a_resumable_run_and_exit_code(tiny_data, reference, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tiny_data), str(run), "--epochs", str(EPOCHS),
+                           "--sigterm-at-step", "7"], env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == INTERRUPTED_EXIT_CODE, proc.stderr
+    assert "stopped by SIGTERM" in proc.stderr and "--resume" in proc.stderr
+    assert (run / RESUME_DIR / "state.safetensors").is_file() and not (run / CARD).exists()
+    assert not list(run.glob(".*partial*"))                      # nothing half-written
+    with pytest.raises(CheckpointError, match="--resume"):      # not a finished run, and it says what to do
+        load_model(run)
+    with pytest.raises(ConfigError, match="lr was 0.001, now 0.002"):   # a resume keeps the optimisation options
+        _train_script.train(tiny_data, run, epochs=EPOCHS, resume=True, lr=2e-3)
+    _train_script.train(tiny_data, run, epochs=EPOCHS, resume=True)
+    _assert_same_weights(run, reference)
+    model, card = load_model(run)
+    assert card.task == "pretrain"
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    run, dump = tmp_path / "run", tmp_path / "weights"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(SCRIPT),
+           str(tiny_data), str(run), "--epochs", str(EPOCHS), "--dump-weights", str(dump)]
+    proc = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 alone wrote the run; both ranks end with the same weights, which are the saved ones
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["config.yaml", "curves.png", "history.csv", "history.json", CARD, RESUME_DIR, WEIGHTS])
+    rank0, rank1 = (load_file(str(tmp_path / f"weights.rank{r}.safetensors")) for r in (0, 1))
+    _assert_same_weights(run, rank0)
+    _assert_same_weights(run, rank1)
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert len(history) == EPOCHS
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert np.isfinite(history[-1]["val_loss"])
+    state = _interrupted_state(run)
+    assert state["world_size"] == 2 and state["finished"] and len(state["rng"]) == 2
+
+
+@pytest.mark.parametrize("script", ["pretrain_one_node.sbatch", "pretrain_multi_node.sbatch"])
+def test_slurm_examples_parse_and_resume(script):
+    path = Path(__file__).resolve().parents[1] / "examples" / "slurm" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    assert "--signal=B:USR1@" in text and '--resume "$RUN"' in text and "scontrol requeue" in text
