@@ -1,4 +1,4 @@
-"""Write rendered acquisitions in the L2A layouts of DESIGN.md: ESA SAFE, Theia/MAJA, per-band COGs, stack.
+"""Write rendered acquisitions in the L2A layouts of DESIGN.md: ESA SAFE, Theia/MAJA and per-band COGs.
 
 Each writer takes one acquisition already rendered — reflectance (12, H, W) float32 on the 10 m
 grid in `BANDS` order, its `Sky` and its 20 m SCL — and writes the files a real product of that
@@ -21,10 +21,7 @@ import rasterio
 from affine import Affine
 
 from sitscli.data.synthetic.phenology import BANDS
-from sitscli.data.synthetic.scene import (
-    CRS, RELATIVE_ORBIT, SCL_CIRRUS, SCL_CLOUD_HIGH, SCL_CLOUD_MEDIUM, SCL_NODATA, SCL_SHADOW, TILE,
-    Acquisition, Sky, block_mean,
-)
+from sitscli.data.synthetic.scene import CRS, RELATIVE_ORBIT, TILE, Acquisition, Sky, block_mean
 
 RESOLUTION = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
               "B8A": 20, "B09": 60, "B11": 20, "B12": 20}
@@ -267,3 +264,97 @@ def _zip_dir(src: Path, dst: Path) -> None:
             # JP2 is already compressed: stored members are also read faster through /vsizip/.
             info.compress_type = zipfile.ZIP_STORED if path.suffix == ".jp2" else zipfile.ZIP_DEFLATED
             zf.writestr(info, path.read_bytes())
+
+
+# ------------------------------------------------------------------------------------------ COG
+COG_OPTIONS = {"driver": "COG", "compress": "deflate", "predictor": 2, "blocksize": 256}
+# Earth Search v1 declares the ESA DN scaling per asset; from baseline 04.00 the offset is -0.1.
+STAC_EXTENSIONS = ["https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+                   "https://stac-extensions.github.io/eo/v1.1.0/schema.json"]
+
+
+def write_cog(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: np.ndarray,
+              transform: Affine, baseline: str | None) -> str:
+    """One STAC-style acquisition folder: B01.tif ... B12.tif, SCL.tif (native resolutions) + item JSON.
+
+    DNs are the ESA ones (offset included from baseline 04.00); the item's `raster:bands` gives
+    scale and offset as Earth Search v1 does, so readers need not know the baseline rule.
+    """
+    name = Naming(acq, processing_baseline(acq.date, baseline))
+    product = folder / name.cog
+    offset = BOA_ADD_OFFSET if has_offset(name.baseline) else 0
+    assets = {}
+    for band, res in RESOLUTION.items():
+        values, nodata = at_resolution(refl, sky.nodata, band)
+        _write_raster(product / f"{band}.tif", digital_numbers(values, nodata, offset), _grid(transform, res),
+                      COG_OPTIONS, nodata=0)
+        assets[band] = {"href": f"./{band}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                        "gsd": res, "raster:bands": [{"data_type": "uint16", "nodata": 0, "scale": 1 / QUANTIFICATION,
+                                                      "offset": offset / QUANTIFICATION}]}
+    _write_raster(product / "SCL.tif", scl, _grid(transform, 20), COG_OPTIONS, nodata=0)
+    assets["SCL"] = {"href": "./SCL.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "gsd": 20}
+    pct = scl_percentages(scl)
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": STAC_EXTENSIONS, "id": name.cog,
+        "properties": {
+            "datetime": f"{name.sensing:%Y-%m-%dT%H:%M:%S}.024000Z", "platform": f"sentinel-2{acq.satellite[-1].lower()}",
+            "constellation": "sentinel-2", "eo:cloud_cover": _cloud_percentage(pct), "s2:mgrs_tile": TILE,
+            "s2:processing_baseline": name.baseline, "s2:product_uri": name.safe, "sat:relative_orbit": RELATIVE_ORBIT,
+            "proj:epsg": int(CRS.split(":")[1]),
+        },
+        "assets": assets,
+    }
+    (product / f"{name.cog}.json").write_text(json.dumps(item, indent=1) + "\n")
+    return name.cog
+
+
+# ---------------------------------------------------------------------------------------- Theia
+THEIA_BANDS = {"B02": "B2", "B03": "B3", "B04": "B4", "B05": "B5", "B06": "B6", "B07": "B7", "B08": "B8",
+               "B8A": "B8A", "B11": "B11", "B12": "B12"}  # MAJA delivers no B01/B09 surface reflectance
+THEIA_NODATA = -10000
+# MAJA CLM bits (Theia L2A format): 1 any cloud or shadow, 2 cloud (mono-temporal), 4 cloud
+# (multi-temporal), 8 cirrus, 16 shadow from clouds, 32 shadow from clouds outside the image.
+CLM_ANY, CLM_CLOUD, CLM_CIRRUS, CLM_SHADOW = 1, 2 | 4, 8, 16
+
+
+def cloud_bits(sky: Sky) -> np.ndarray:
+    """(H, W) uint8 MAJA cloud mask at 10 m (0 = clear) with the same thresholds as the SCL."""
+    bits = np.zeros(sky.opacity.shape, np.uint8)
+    bits |= np.where(sky.opacity >= 0.25, CLM_CLOUD, 0).astype(np.uint8)
+    bits |= np.where(sky.cirrus >= 0.015, CLM_CIRRUS, 0).astype(np.uint8)
+    bits |= np.where(sky.shadow >= 0.35, CLM_SHADOW, 0).astype(np.uint8)
+    bits |= (bits > 0).astype(np.uint8) * CLM_ANY
+    bits[sky.nodata] = 0
+    return bits
+
+
+def write_theia(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, transform: Affine) -> str:
+    """One `SENTINEL2X_..._L2A_T31TCJ_C_V2-2/` product: FRE and SRE bands, MASKS/ CLM and EDG at R1/R2.
+
+    FRE and SRE are the same here (the synthetic terrain is flat, so the slope correction is nil).
+    """
+    name = Naming(acq, processing_baseline(acq.date))
+    product = folder / name.theia
+    for band, code in THEIA_BANDS.items():
+        values, nodata = at_resolution(refl, sky.nodata, band)
+        data = np.clip(np.rint(values * QUANTIFICATION), -9999, 32767).astype(np.int16)
+        data[nodata] = THEIA_NODATA
+        for kind in ("FRE", "SRE"):
+            _write_raster(product / f"{name.theia}_{kind}_{code}.tif", data, _grid(transform, RESOLUTION[band]),
+                          TIFF_OPTIONS, nodata=THEIA_NODATA)
+    clm, edg = cloud_bits(sky), sky.nodata.astype(np.uint8)
+    for level, factor in (("R1", 1), ("R2", 2)):
+        coarse_clm = clm if factor == 1 else _any_bits(clm, factor)
+        coarse_edg = edg if factor == 1 else (block_mean(edg.astype(np.float32), factor) > 0).astype(np.uint8)
+        grid = _grid(transform, 10 * factor)
+        _write_raster(product / "MASKS" / f"{name.theia}_CLM_{level}.tif", coarse_clm, grid, TIFF_OPTIONS)
+        _write_raster(product / "MASKS" / f"{name.theia}_EDG_{level}.tif", coarse_edg, grid, TIFF_OPTIONS)
+    return name.theia
+
+
+def _any_bits(bits: np.ndarray, factor: int) -> np.ndarray:
+    """OR of the bits over factor x factor blocks (a 20 m pixel is cloudy when any 10 m part is)."""
+    h, w = bits.shape
+    padded = np.pad(bits, ((0, -h % factor), (0, -w % factor)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
