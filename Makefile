@@ -20,3 +20,12 @@ test: install
 
 completions: install
 	$(PYTHON) -m sitscli.cli.completions completions
+
+# Speed and memory figures as JSON in bench/out/ (reduced sizes that fit a 2-core CPU; see bench/README.md
+# for the full-size runs on a GPU).
+bench: install
+	@mkdir -p bench/out
+	$(PYTHON) bench/train_speed.py --threads 1 > bench/out/train_speed.json
+	$(PYTHON) bench/predict_map.py --threads 1 --size 256 --rss-sizes 256,512 --block 128 --dates 20 \
+		--hidden 32 --layers 1 --heads 2 > bench/out/predict_map.json
+

@@ -52,7 +52,7 @@ def command_tree(command, path: list[str]) -> Node:
         node.options.append((list(param.opts) + list(param.secondary_opts), _first_line(param.help),
                              _choices(param), not param.is_flag))
     node.options.append((["--help", "-h"], "Show this message and exit.", None, False))
-    for name, sub in getattr(command, "commands", {}).items():
+    for name, sub in sorted(getattr(command, "commands", {}).items()):  # import order varies; output must not
         if not sub.hidden:
             node.subcommands.append(command_tree(sub, path + [name]))
     return node

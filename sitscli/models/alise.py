@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
 }
 DOWNSAMPLING = 8  # three 2 x 2 down blocks
 
+# Pre-training optimisation (Section IV-C / Table I): cosine annealing with warm restarts, T0 = 2
+# epochs, maximum lr 1e-3. Linear probing (`sits probe`) sets its own protocol (Adam 1e-4, plateau).
+TRAINING: dict[str, dict[str, Any]] = {
+    "pretrain": {"schedule": "cosine_restarts", "restart_period": 2, "lr": 1e-3, "warmup_epochs": 0.0},
+}
+
 
 def days_encoding(days: Tensor, dim: int) -> Tensor:
     """Sinusoidal encoding of day counts: days (...) float -> (..., dim), sin on even, cos on odd."""

@@ -109,9 +109,5 @@ register(ModelSpec(
     name="inceptiontime",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
-    compact=False,
-    max_len=None,
-    pretext=None,
     description="InceptionTime (Ismail Fawaz et al. 2020): residual Inception network on a 10-day grid",
 ))

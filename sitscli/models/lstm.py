@@ -73,9 +73,5 @@ register(ModelSpec(
     name="lstm",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
-    compact=False,
-    max_len=None,
-    pretext=None,
     description="Bidirectional LSTM (Rußwurm & Körner 2017, BreizhCrops) on series resampled to a 10-day grid",
 ))

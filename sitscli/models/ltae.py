@@ -158,9 +158,6 @@ register(ModelSpec(
     name="ltae",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
     compact=True,
-    max_len=None,
-    pretext=None,
     description="L-TAE (Garnot & Landrieu 2020): master-query temporal attention on clear observations, supervised",
 ))

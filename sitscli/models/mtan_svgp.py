@@ -65,7 +65,11 @@ INDUCING_NOISE = 0.1
 # amp off: the GP's Cholesky factorisations need float32.
 TRAINING: dict[str, dict[str, Any]] = {
     "finetune": {"batch_size": 1024, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0,
-                 "schedule": "constant", "warmup_epochs": 0.0, "grad_clip": None, "amp": False},
+                 "schedule": "constant", "warmup_epochs": 0.0, "grad_clip": None, "amp": False,
+                 # No early stopping: the ELBO keeps improving long after the validation OA first
+                 # stalls, and a GP that still predicts one class must not be kept (the paper trains
+                 # for a fixed budget).
+                 "patience": None},
 }
 
 

@@ -173,7 +173,6 @@ register(ModelSpec(
     name="rf",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
     compact=True,
     description="random forest on series linearly gap-filled every 10 days (iota2 / Pelletier et al. 2016 baseline)",
     direct_fit=fit_random_forest,

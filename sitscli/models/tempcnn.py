@@ -81,9 +81,5 @@ register(ModelSpec(
     name="tempcnn",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
-    compact=False,
-    max_len=None,
-    pretext=None,
     description="TempCNN (Pelletier et al. 2019): 1-D convolutions on series resampled to a 10-day grid, supervised",
 ))

@@ -93,9 +93,6 @@ register(ModelSpec(
     name="transformer",
     build=build,
     defaults=DEFAULTS,
-    input="pixel",
     compact=True,
-    max_len=None,
-    pretext=None,
     description="Transformer (Rußwurm & Körner 2020) on clear observations with day-of-year encoding, supervised",
 ))

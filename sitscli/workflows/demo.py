@@ -27,13 +27,13 @@ from sitscli.core.progress import log
 
 # Cut-down settings for a few minutes on 2 CPU cores (the commands' defaults are the papers').
 DEMO_SETTINGS: dict[str, Any] = {
-    "scene": {"size": 192, "years": 2, "difficulty": 0.3, "layout": "safe"},
-    "prepare": {"max_per_polygon": 40},
+    "scene": {"size": 160, "years": 2, "difficulty": 0.3, "layout": "safe"},
+    "prepare": {"max_per_polygon": 25},
     # The paper's 10-epoch warm-up (TRAINING in models/sitsbert.py) would outlast a short run: 1 epoch here.
     "sitsbert": {"hparams": {"hidden": 64, "layers": 2, "heads": 4}, "batch_size": 128,
-                 "pretrain": {"epochs": 6, "lr": 1e-3, "warmup_epochs": 1.0, "min_lr": 1e-4},
-                 "finetune": {"epochs": 12, "lr": 5e-4}},
-    "alise": {"patch_size": 32, "epochs": 4, "batch_size": 4,
+                 "pretrain": {"epochs": 5, "lr": 1e-3, "warmup_epochs": 1.0, "min_lr": 1e-4},
+                 "finetune": {"epochs": 10, "lr": 5e-4}},
+    "alise": {"patch_size": 32, "epochs": 3, "batch_size": 4,
               "hparams": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "n_q": 4, "d_emb": 32,
                           "unet_widths": [16, 16, 32, 32], "crop": 32, "run_length": 40}},
 }
@@ -111,7 +111,8 @@ def _change_steps(out: Path, scene, clock: "_Clock", *, seed: int, device: str) 
                 date_range_a=first, date_range_b=second, out=out / f"change_{method}.tif", patch=a["patch_size"],
                 threshold="otsu", binary_out=out / f"change_{method}_binary.tif", reference=reference,
                 reference_field="changed", roc_out=out / f"roc_{method}.png", device=device)
-    return {m: {k: r.get(k) for k in ("auc", "threshold", "outputs")} for m, r in results.items()}
+    return {m: {"auc": None if r.get("auc") is None else round(float(r["auc"]), 4), "threshold": r.get("threshold"),
+                "outputs": r.get("outputs")} for m, r in results.items()}
 
 
 def _change_reference(out: Path, scene) -> Path:
