@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import geopandas as gpd
 import pytest
 
-import sitscli.cli.info  # noqa: F401  (registers `sits info`)
-import sitscli.cli.prepare  # noqa: F401  (registers `sits prepare`)
-from sitscli.cli.app import main
 from sitscli.data.prepared import open_prepared
 from sitscli.data.synthetic import write_synthetic
-
-
-def sits(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run `sits ARGS` as the console script does: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sits", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from _cli import sits
 
 
 @pytest.fixture(scope="module")

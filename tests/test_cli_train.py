@@ -10,28 +10,14 @@ import sys
 import pytest
 import yaml
 
-import sitscli.cli.finetune  # noqa: F401  (registers the commands; the lead adds them to COMMAND_MODULES)
-import sitscli.cli.pretrain  # noqa: F401
-import sitscli.cli.probe  # noqa: F401
 from sitscli.cli.app import main
 from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
 from sitscli.workflows.finetune import ClassificationTask
+from _cli import sits
 from test_finetune import write_toy_dataset
 
 TINY = ["--hparam", "hidden=32", "--hparam", "layers=1", "--hparam", "heads=4", "--hparam", "dropout=0.0"]
 FAST = ["--device", "cpu", "--batch-size", "32", "--lr", "0.002"]
-
-
-def sits(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run `sits ARGS` as the console script does -> (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sits", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
