@@ -51,3 +51,22 @@ def _toy_pixel_series(n: int, num_classes: int = 3, num_bands: int = 4, seed: in
 def toy_pixel_series():
     """A function (n, num_classes=3, num_bands=4, seed=0) -> list of pixel sample dicts."""
     return _toy_pixel_series
+
+
+def _held_out_accuracy(model, train: dict, test: dict, *, steps: int, lr: float, optimizer=torch.optim.Adam) -> float:
+    """Train `model` full-batch with cross-entropy on `train` for `steps` steps; its accuracy on `test`."""
+    opt = optimizer(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(train), train["y"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(test).argmax(1) == test["y"]).float().mean().item()
+
+
+@pytest.fixture(scope="session")
+def held_out_accuracy():
+    """A function (model, train_batch, test_batch, *, steps, lr, optimizer=Adam) -> test accuracy."""
+    return _held_out_accuracy

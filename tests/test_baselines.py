@@ -107,21 +107,13 @@ def test_padding_and_clouds_do_not_change_the_logits(name, toy_pixel_series):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learns_the_toy_classes(name, toy_pixel_series):
+def test_learns_the_toy_classes(name, toy_pixel_series, held_out_accuracy):
     torch.manual_seed(0)
     spec = registry.get(name)
     model = spec.build(TINY[name], _info())
     train = _batch(spec, toy_pixel_series(96, seed=3))
     test = _batch(spec, toy_pixel_series(60, seed=4))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        loss = torch.nn.functional.cross_entropy(model(train), train["y"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(test).argmax(1) == test["y"]).float().mean().item()
+    accuracy = held_out_accuracy(model, train, test, steps=40, lr=1e-2)
     assert accuracy > 0.8, accuracy     # chance is 1/3
 
 

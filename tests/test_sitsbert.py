@@ -158,18 +158,10 @@ def test_pretext_loss_falls(toy_pixel_series):
     assert after < 0.3 * before, (before, after)
 
 
-def test_classifier_learns_the_toy_classes(toy_pixel_series):
+def test_classifier_learns_the_toy_classes(toy_pixel_series, held_out_accuracy):
     torch.manual_seed(0)
     model = build({**TINY, "pooling": "mean"}, _info(classes="abc"))
     train = collate(toy_pixel_series(96, seed=3), compact=True)
     test = collate(toy_pixel_series(60, seed=4), compact=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(model(train), train["y"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(test).argmax(1) == test["y"]).float().mean().item()
+    accuracy = held_out_accuracy(model, train, test, steps=60, lr=3e-3, optimizer=torch.optim.AdamW)
     assert accuracy > 0.8      # chance is 1/3
