@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.io import require_exists
@@ -50,7 +51,7 @@ def change_detect_command(
         "reference_field": reference_field, "roc_out": roc_out, "patch": patch, "overlap": overlap, "block": block,
         "batch_size": batch_size, "device": device, "overwrite": overwrite,
         "date_range_a": parse_date_range(dates_a), "date_range_b": parse_date_range(dates_b),
-        "bands": [x.strip() for x in bands.split(",") if x.strip()] if bands else None,
+        "bands": band_list(bands),
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = change_detect(a, b, out=out, **options)

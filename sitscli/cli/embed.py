@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import band_list
 from sitscli.core import config
 from sitscli.core.io import require_exists
 
@@ -36,7 +37,7 @@ def embed_command(
     require_exists(source, "input")
     flags = {"format": format, "patch": patch, "overlap": overlap, "block": block, "batch_size": batch_size,
              "device": device, "overwrite": overwrite,
-             "bands": [x.strip() for x in bands.split(",") if x.strip()] if bands else None}
+             "bands": band_list(bands)}
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = embed(source, model=model, out=out, **options)
     if as_json:

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.pretrain import finish_run, key_values
+from sitscli.cli.common import finish_run, key_values
 from sitscli.core.errors import ConfigError
 
 

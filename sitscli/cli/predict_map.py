@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
@@ -45,7 +46,7 @@ def predict_map_command(
     require_exists(source, "input")
     flags = {
         "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
-        "bands": _band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
+        "bands": band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
         "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress,
         "resume": resume, "overwrite": overwrite,
     }
@@ -58,10 +59,6 @@ def predict_map_command(
         + (f", {summary['blocks_resumed']} resumed" if summary["blocks_resumed"] else "") + ")")
     for kind, path in summary["outputs"].items():
         typer.echo(f"{kind}: {path}")
-
-
-def _band_list(text: str | None) -> list[str] | None:
-    return [b.strip() for b in text.split(",") if b.strip()] if text else None
 
 
 def _aoi(text: str | None):

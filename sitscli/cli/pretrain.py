@@ -1,7 +1,4 @@
-"""`sits pretrain DATA --model M --out RUN`, and what the training commands share.
-
-The helpers here (`key_values`, `finish_run`) are also used by `sits finetune` and `sits probe`.
-"""
+"""`sits pretrain DATA --model M --out RUN`."""
 
 from __future__ import annotations
 
@@ -9,44 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 
 from sitscli.cli.app import app
-from sitscli.core.errors import ConfigError
-from sitscli.core.progress import log
-from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
-
-
-def key_values(items: list[str] | None, option: str) -> dict | None:
-    """["hidden=32", "unet_widths=[32,32,64,64]"] -> {"hidden": 32, ...}; values read as YAML scalars
-    or lists, so numbers, booleans and lists get their types. None when no item was given."""
-    if not items:
-        return None
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{option} {item!r}: write key=value, e.g. {option} hidden=128")
-        try:
-            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"{option} {item!r}: the value is not a number, word or [list]") from None
-    return parsed
-
-
-def finish_run(result, command: str) -> None:
-    """After training: on a graceful stop, say how to resume and exit with INTERRUPTED_EXIT_CODE."""
-    if result.interrupted:
-        log(f"training stopped before the end; continue it with: sits {command} --resume {result.run_dir}")
-        # SystemExit, not typer.Exit: click run with standalone_mode=False (app.main) returns the
-        # code of a typer.Exit instead of exiting with it.
-        raise SystemExit(INTERRUPTED_EXIT_CODE)
+from sitscli.cli.common import finish_run, key_values
 
 
 @app.command("pretrain")
 def pretrain_command(
     data: Optional[Path] = typer.Argument(None, help="Prepared dataset (NAME.sits) to pre-train on; labels are not used."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to pre-train (default sitsbert); see sits info --models."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to pre-train: sitsbert (default) or alise, the models with a pretext task."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (model.safetensors, model.yaml, curves)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the model's paper setting)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),

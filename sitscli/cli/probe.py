@@ -9,7 +9,7 @@ import typer
 
 from sitscli.cli.app import app
 from sitscli.cli.finetune import show, training_flags
-from sitscli.cli.pretrain import finish_run
+from sitscli.cli.common import finish_run
 
 
 @app.command("probe")
