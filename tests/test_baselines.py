@@ -6,11 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import sitscli.models.inceptiontime  # noqa: F401  (importing registers the model)
-import sitscli.models.lstm  # noqa: F401
-import sitscli.models.ltae  # noqa: F401
-import sitscli.models.tempcnn  # noqa: F401
-import sitscli.models.transformer  # noqa: F401
 from sitscli.core.errors import ConfigError
 from sitscli.data.batch import collate
 from sitscli.models import registry

@@ -101,7 +101,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def alise_run(data) -> Path:
     """A tiny ALISE pre-trained two epochs on year A's 16 x 16 patches."""
-    import sitscli.models.alise  # noqa: F401  (registers the model)
     from sitscli.data.readers import open_source
     from sitscli.data.recipes.s2 import prepare_cube
     from sitscli.workflows.pretrain import pretrain

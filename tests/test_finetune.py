@@ -254,7 +254,6 @@ ALISE_TINY = {"d_model": 8, "layers": 1, "heads": 2, "d_ff": 16, "n_q": 2, "proj
 @pytest.fixture(scope="module")
 def patch_data(tmp_path_factory):
     """10 patches of 8 x 8 pixels, two classes (left and right halves), the top row unlabelled."""
-    import sitscli.models.alise  # noqa: F401  (registers the model)
 
     rng = np.random.default_rng(0)
     start = int(np.datetime64("2020-01-01", "D").astype(np.int64))

@@ -7,7 +7,6 @@ pixel's clear observations, so the expected map is known without training anythi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -153,8 +153,8 @@ def hold_out(dataset: SeriesDataset, fraction: float, seed: int) -> tuple[Datase
     """Split a dataset at random into (train, validation) with `fraction` in validation (at least 1)."""
     n = len(dataset)
     if not 0 < fraction < 1 or n < 2:
-        raise DataContentError(f"no validation samples: give the dataset a val split, or set val_fraction in (0, 1) "
-                               f"with at least 2 training samples")
+        raise DataContentError("no validation samples: give the dataset a val split, or set val_fraction in (0, 1) "
+                               "with at least 2 training samples")
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(fraction * n)))
     return Subset(dataset, order[n_val:].tolist()), Subset(dataset, order[:n_val].tolist())
