@@ -58,7 +58,8 @@ class Labels:
 # ----------------------------------------------------------------------------------- reading
 
 def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[float, float, float, float] | None = None,
-                buffer: float = 0.0, color_field: str | None = None, layer: str | None = None) -> Labels:
+                buffer: float = 0.0, color_field: str | None = None, layer: str | None = None,
+                field_option: str = "--class-field") -> Labels:
     """Read a vector file of labelled polygons and bring it onto the raster CRS.
 
     Args:
@@ -70,12 +71,11 @@ def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[f
         color_field: attribute holding "#rrggbb" class colours; by default a field named
             color/colour is used when there is one, else a fixed palette.
         layer: layer of a multi-layer file (default: the first).
+        field_option: the command's option naming the class field (said in errors).
     """
     path = require_exists(path, "labels file")
     frame = _read_vector(path, layer)
-    if class_field not in frame.columns:
-        fields = ", ".join(c for c in frame.columns if c != frame.geometry.name) or "none"
-        raise ConfigError(f"class field {class_field!r} is not in {path.name}: the fields are {fields} (pass one with --class-field)")
+    _check_field(frame, class_field, path, field_option)
     frame = frame.reset_index(drop=True)
     frame["polygon_id"] = np.arange(len(frame), dtype=np.int64)
     frame = _drop_unusable(frame, class_field, path)
@@ -89,6 +89,35 @@ def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[f
     frame = _shrink(frame, buffer, crs)
     polygons = gpd.GeoDataFrame(frame[["polygon_id", "class_id"]], geometry=frame.geometry.values, crs=frame.crs)
     return Labels(polygons, footprint, names, colors, class_field, path)
+
+
+def read_points(path: str | Path, class_field: str, *, crs: CRS, layer: str | None = None,
+                field_option: str = "--class-field") -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Labelled points of a vector file, in `crs`: xy (n, 2) float64, the sorted class names (numbers
+    written as integers, as `read_labels` does) and each point's index into them, (n,) int64.
+    Points without a class, and empty geometries, are dropped (saying how many); multipoints count
+    each of their points."""
+    path = require_exists(path, "labels file")
+    frame = _read_vector(path, layer)
+    _check_field(frame, class_field, path, field_option)
+    classes = frame[class_field]
+    keep = (classes.notna() & (classes.astype(str).str.strip() != "")).to_numpy() & ~frame.geometry.is_empty.to_numpy()
+    keep &= frame.geometry.notna().to_numpy()
+    if not keep.any():
+        raise DataContentError(f"labels {path.name}: no point has a {class_field!r}: choose another {field_option}")
+    if not keep.all():
+        log(f"labels: dropped {int((~keep).sum())} of {len(frame)} points without a geometry or a {class_field!r}")
+    frame = _to_crs(frame[keep], crs, path).explode(index_parts=False)
+    if not frame.geom_type.eq("Point").all():
+        raise DataFormatError(f"labels {path.name} mix points with other geometries: give points only, or polygons only")
+    names, ids = _class_ids(frame[class_field])
+    return np.column_stack([frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy()]), names, ids
+
+
+def _check_field(frame: gpd.GeoDataFrame, class_field: str, path: Path, field_option: str) -> None:
+    if class_field not in frame.columns:
+        fields = ", ".join(c for c in frame.columns if c != frame.geometry.name) or "none"
+        raise ConfigError(f"class field {class_field!r} is not in {path.name}: the fields are {fields} (pass one with {field_option})")
 
 
 def _read_vector(path: Path, layer: str | None) -> gpd.GeoDataFrame:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,22 +110,32 @@ def row_normalised(confusion: np.ndarray) -> np.ndarray:
     return np.divide(confusion, totals, out=np.zeros(confusion.shape, float), where=totals > 0)
 
 
-def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
-    """Row-normalised confusion matrix (K, K) as a PNG, class names on both axes, counts in the cells."""
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "", *,
+                   rows: str = "reference", columns: str = "predicted",
+                   row_margin: tuple[str, np.ndarray] | None = None,
+                   column_margins: Sequence[tuple[str, np.ndarray]] = ()) -> None:
+    """Row-normalised confusion matrix (K, K) as a PNG, class names on both axes, counts in the cells.
+
+    `rows` / `columns` name what the rows and columns hold. `row_margin` (title, values (K,)) adds a
+    column of one figure per row at the right (e.g. the user's accuracy of each map class);
+    each of `column_margins` a row of one figure per column at the bottom. NaN shows as "n/a".
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # batch jobs have no display
     import matplotlib.pyplot as plt
 
     k = len(class_names)
+    extra_cols, extra_rows = int(row_margin is not None), len(column_margins)
     side = min(20.0, 2.5 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig, ax = plt.subplots(figsize=(side + 1.2 + 0.6 * extra_cols, side + 0.4 * extra_rows))
     image = ax.imshow(row_normalised(confusion), cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the reference class")
-    ax.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("reference")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"share of the {rows} class")
+    ax.set_xticks(range(k + extra_cols), list(class_names) + ([row_margin[0]] if row_margin else []),
+                  rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k + extra_rows), list(class_names) + [name for name, _ in column_margins], fontsize=8)
+    ax.set_xlabel(columns)
+    ax.set_ylabel(rows)
     if k <= 25:  # beyond that the numbers no longer fit their cells
         shares = row_normalised(confusion)
         for i in range(k):
@@ -133,6 +143,15 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
                 if confusion[i, j]:
                     ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if shares[i, j] > 0.5 else "black")
+        margins = ([(i, k, v) for i, v in enumerate(row_margin[1])] if row_margin else []) + \
+            [(k + r, j, v) for r, (_, values) in enumerate(column_margins) for j, v in enumerate(values)]
+        for i, j, value in margins:
+            ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=7)
+    if extra_cols or extra_rows:  # the margins lie outside the image: widen the view and fence them off
+        ax.set_xlim(-0.5, k - 0.5 + extra_cols)
+        ax.set_ylim(k - 0.5 + extra_rows, -0.5)
+        ax.axvline(k - 0.5, color="grey", lw=0.8)
+        ax.axhline(k - 0.5, color="grey", lw=0.8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     with atomic_output(path, overwrite=True) as tmp:

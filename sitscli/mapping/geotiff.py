@@ -203,6 +203,24 @@ def pam_categories(spec: RasterSpec) -> str:
 
 
 def read_class_names(path: Path) -> list[str]:
-    """Class names stored in a class map by `class_map_spec` (from the TIFF tags)."""
+    """Class names of a class map, position = class id: from the TIFF tags written by `class_map_spec`,
+    else from the GDAL category names of band 1 in the PAM sidecar `MAP.tif.aux.xml` (as GDAL and
+    QGIS write them for other class maps; ids without a category are empty strings); [] if neither."""
     with rasterio.open(path) as ds:
-        return json.loads(ds.tags().get("CLASS_NAMES", "[]"))
+        names = json.loads(ds.tags().get("CLASS_NAMES", "[]"))
+    return names or _pam_category_names(Path(path).with_name(Path(path).name + ".aux.xml"))
+
+
+def _pam_category_names(sidecar: Path) -> list[str]:
+    import xml.etree.ElementTree as ElementTree
+
+    if not sidecar.is_file():
+        return []
+    try:
+        root = ElementTree.parse(sidecar).getroot()
+    except ElementTree.ParseError:
+        return []  # a damaged sidecar only loses the legend, as in GDAL
+    for band in root.iter("PAMRasterBand"):
+        if band.get("band", "1") == "1":
+            return [(c.text or "").strip() for c in band.iterfind("CategoryNames/Category")]
+    return []
