@@ -14,7 +14,8 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="change-detect demo embed finetune info predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="change-detect demo embed finetune info predict-map prepare pretrain probe" ;;
+        "sits") words="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe" ;;
+        "sits accuracy") words="--reference -r --out -o --field --classes --per-polygon --per-pixel --block --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
