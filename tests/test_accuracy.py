@@ -23,7 +23,7 @@ from sitscli.core.errors import ConfigError, DataContentError, DataFormatError, 
 from sitscli.data.cube import Grid
 from sitscli.data.prepared import SPLIT_CODES, PreparedWriter
 from sitscli.mapping.accuracy import area_adjusted, sample_accuracy
-from sitscli.mapping.geotiff import class_map_spec, write_raster
+from sitscli.mapping.geotiff import class_map_spec, pam_categories, write_raster
 from sitscli.workflows.accuracy import accuracy, read_class_file
 from tests._cli import sits
 
@@ -221,6 +221,17 @@ def test_unnamed_map_with_a_class_file(tmp_path):
     assert read_class_file(tmp_path / "bare.txt") == {0: "wheat", 1: "maize"}
 
 
+def test_map_named_by_gdal_categories(tmp_path):
+    """A class map from another tool: no CLASS_NAMES tag, category names in the PAM sidecar."""
+    with rasterio.open(tmp_path / "qgis.tif", "w", driver="GTiff", width=6, height=6, count=1, dtype="uint8",
+                       nodata=NODATA, crs=CRS_UTM, transform=TRANSFORM) as ds:
+        ds.write(map_array(), 1)
+    (tmp_path / "qgis.tif.aux.xml").write_text(pam_categories(class_map_spec(NAMES, None)))
+    report = accuracy(tmp_path / "qgis.tif", reference=write_points(tmp_path / "p.gpkg", POINTS), field="crop",
+                      out=tmp_path / "report")
+    assert report["class_names_from"] == "map" and report["confusion"]["counts"] == COUNTS
+
+
 # ---------------------------------------------------------------------------- outputs, CLI
 
 def test_cli_writes_markdown_json_and_png(class_map, tmp_path, monkeypatch, capsys):
@@ -268,7 +279,17 @@ def test_bad_inputs_are_one_clear_error(class_map, tmp_path):
     with rasterio.open(tmp_path / "degrees.tif", "w", driver="GTiff", width=6, height=6, count=1, dtype="uint8",
                        crs=CRS.from_epsg(4326), transform=Affine(0.001, 0, 3, 0, -0.001, 45)) as ds:
         ds.write(np.zeros((6, 6), np.uint8), 1)
+    with rasterio.open(tmp_path / "unnamed.tif", "w", driver="GTiff", width=6, height=6, count=1, dtype="uint8",
+                       crs=CRS_UTM, transform=TRANSFORM) as ds:
+        ds.write(map_array(), 1)
+    with PreparedWriter(tmp_path / "train_only", n_time=1, band_names=["B04"], class_names=NAMES, sensor="s2",
+                        source="test", crs=CRS_UTM.to_wkt()) as w:
+        w.append(x=np.full((1, 1, 1), 0.1), valid=np.ones((1, 1), bool), date=np.array([18000]), y=np.array([0]),
+                 split=np.array([SPLIT_CODES["train"]]), group=np.array([0]), xy=np.array([centre(0, 0)]))
     cases = [
+        ({"map_path": tmp_path / "unnamed.tif", "reference": points, "field": "crop"}, ConfigError,
+         "names its classes.*--classes FILE"),
+        ({"reference": tmp_path / "train_only.sits"}, DataContentError, "no labelled test sample"),
         ({"reference": tmp_path / "far.gpkg", "field": "crop"}, DataContentError, "does not overlap"),
         ({"reference": tmp_path / "far_polygons.gpkg", "field": "crop"}, DataContentError, "do not overlap"),
         ({"reference": points, "field": "landuse"}, ConfigError, "'landuse' is not in points.gpkg.*--field"),

@@ -298,7 +298,7 @@ def sample_pixels(labels: Labels, grid: Grid, *, max_per_polygon: int | None, un
     rng = np.random.default_rng(seed)
     labelled = _Reservoir(max_per_polygon)
     pool = _Reservoir(unlabeled)
-    for window in _blocks(grid, block):
+    for window in grid_windows(grid, block):
         polygon = rasterize_window(labels, grid, window)
         rows, cols = np.indices(polygon.shape)
         rows, cols = rows.ravel() + int(window.row_off), cols.ravel() + int(window.col_off)
@@ -324,7 +324,8 @@ def sample_pixels(labels: Labels, grid: Grid, *, max_per_polygon: int | None, un
     )
 
 
-def _blocks(grid: Grid, block: int):
+def grid_windows(grid: Grid, block: int):
+    """The block x block windows covering `grid`, row by row (the last ones cut at the edges)."""
     for row in range(0, grid.height, block):
         for col in range(0, grid.width, block):
             yield Window(col, row, min(block, grid.width - col), min(block, grid.height - row))

@@ -36,17 +36,17 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_points
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import atomic_output, check_output, require_exists
 from sitscli.core.progress import Progress, log
 from sitscli.data.cube import Grid
-from sitscli.data.labels import Labels, rasterize_classes, rasterize_window, read_labels, read_points
+from sitscli.data.labels import Labels, grid_windows, rasterize_classes, rasterize_window, read_labels, read_points
 from sitscli.data.prepared import dataset_path, open_prepared
 from sitscli.engine.metrics import plot_confusion
 from sitscli.mapping.accuracy import AreaAdjusted, SampleAccuracy, area_adjusted, confusion_counts, sample_accuracy
+from sitscli.mapping.change import overlaps
 from sitscli.mapping.geotiff import read_class_names
 
 DEFAULTS = {"field": None, "classes": None, "per_polygon": False, "block": 1024, "overwrite": False}
@@ -85,9 +85,9 @@ def accuracy(map_path: str | Path, *, reference: str | Path, out: str | Path, fi
     table = class_table(class_map, mapped, class_of_code)
     counts, mapped_pixels = table.counts(pairs, mapped, class_of_code)
     table, counts, mapped_pixels = table.pruned(counts, mapped_pixels)
+    options = {"field": field, "classes": str(classes) if classes else None, "per_polygon": per_polygon, "block": block}
     report = build_report(class_map, ref, value_kind, table.names, table.ids, counts, mapped_pixels, pixel_ha,
-                          reference_path=Path(reference), options={"field": field, "classes": str(classes) if classes else None,
-                                   "per_polygon": per_polygon, "block": block})
+                          reference_path=Path(reference), options=options)
     write_outputs(out, report, counts, overwrite=overwrite)
     log(f"accuracy: {report['samples']:,} samples, OA {fmt(report['overall_accuracy'])}, "
         f"area-adjusted OA {fmt(report['area_adjusted_overall_accuracy'])}")
@@ -177,12 +177,6 @@ def pixel_area_hectares(grid: Grid, path: Path) -> float:
         raise DataContentError(f"the map {path.name}: its CRS has no linear unit; reproject it to a projected CRS "
                                "in metres") from None
     return abs(t.a * t.e - t.b * t.d) * metres**2 / 10_000
-
-
-def map_windows(grid: Grid, block: int):
-    for row in range(0, grid.height, block):
-        for col in range(0, grid.width, block):
-            yield Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
 
 
 # ------------------------------------------------------------------------------- references
@@ -286,16 +280,14 @@ class RasterReference(_Reference):
         self.description, self.labels = f"raster {path.name}", None
         with rasterio.open(path) as ds:
             own = Grid(ds.crs, ds.transform, ds.height, ds.width)
-            dtype, self.nodata = np.dtype(ds.dtypes[0]), ds.nodata
+            dtype = np.dtype(ds.dtypes[0])
         if dtype.kind not in "iu":
             raise DataFormatError(f"the reference {self.description} holds {dtype} values: give a raster of integer class ids")
         if own.crs is None:
             raise DataFormatError(f"the reference {self.description} has no CRS: set it (e.g. gdal_edit.py -a_srs EPSG:32631 REF.tif)")
         self.same_grid = own.same_as(grid)
         if not self.same_grid:
-            left, bottom, right, top = transform_bounds(own.crs, grid.crs, *own.bounds, densify_pts=21)
-            gl, gb, gr, gt = grid.bounds
-            if not (left < gr and right > gl and bottom < gt and top > gb):
+            if not overlaps(grid, own):
                 raise DataContentError(f"the reference {self.description} does not overlap the map: check that both cover the same area")
             log(f"accuracy: {path.name} is on another grid than the map: read onto the map grid (nearest neighbour)")
         self.names = {i: n for i, n in enumerate(read_class_names(path)) if n}
@@ -460,10 +452,12 @@ def tally(class_map: ClassMap, ref: _Reference, block: int) -> tuple[dict[int, i
     (map value (m,), reference code (m,), count (m,)) triples."""
     grid, nodata = class_map.grid, class_map.nodata
     mapped, samples = _Tally(), _Tally()
-    windows = list(map_windows(grid, block))
+    windows = list(grid_windows(grid, block))
     with rasterio.open(class_map.path) as ds, Progress(len(windows), "accuracy") as bar:
         for window in windows:
             values = ds.read(1, window=window).astype(np.int64)
+            if values.size and (values.max() >= 2**31 or values.min() < -(2**31)):
+                raise DataContentError(f"the map {class_map.path.name} holds class ids beyond 32 bits: renumber its classes")
             valid = values != nodata if nodata is not None else np.ones(values.shape, bool)
             mapped.add(values[valid], np.zeros(int(valid.sum()), np.int64))
             samples.add(*ref.pairs(window, values, valid))
@@ -507,7 +501,8 @@ def match_reference(labels: dict[int, str], map_names: dict[int, str] | None, de
         unknown = sorted(set(ids.values()) - set(map_names)) if map_names is not None else []
         if unknown:
             raise DataContentError(f"the reference {description} holds class ids {_listed(unknown)} that the map does not have "
-                                   f"(its classes: {_legend(map_names)}): fix the reference or give --classes FILE")
+                                   f"(its classes: {_legend(map_names)}): fix the reference (a raster's background needs a nodata "
+                                   "value) or give --classes FILE")
         return "ids", ids
     if map_names is None:
         raise ConfigError(f"the reference {description} names its classes ({_listed(sorted(set(texts.values())))}) but the map does "
