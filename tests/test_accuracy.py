@@ -244,7 +244,8 @@ def test_cli_writes_markdown_json_and_png(class_map, tmp_path, monkeypatch, caps
     assert json.loads(stdout)["outputs"]["json"] == str(out / "accuracy.json")
     saved = json.loads((out / "accuracy.json").read_text())
     forest = saved["per_class"][2]
-    assert forest["users_accuracy"] is None and forest["estimated_area_ha"] == 0.0       # JSON null, never 0 for n/a
+    assert forest["users_accuracy"] is None and forest["weight"] is None                  # JSON null, never 0 for n/a
+    assert forest["estimated_area_ha"] == 0.0                                             # no reference sample is forest
     assert saved["per_class"][1]["users_accuracy"] is None and saved["per_class"][1]["producers_accuracy"] == 0.0
     assert saved["population_share"] == pytest.approx(12 / 35) and saved["notes"]
     text = (out / "accuracy.md").read_text()

@@ -95,7 +95,7 @@ class AreaAdjusted:
     `*_ci` are half-widths of 95 % intervals; areas are in the unit of `pixel_area` (pixels when 1).
     """
 
-    weights: np.ndarray        # W_i over the sampled map classes
+    weights: np.ndarray        # W_i over the sampled map classes (NaN for those left out)
     proportions: np.ndarray    # (K, K) estimated area proportions p_ij (eq. 4)
     overall: float
     overall_ci: float
@@ -142,7 +142,7 @@ def area_adjusted(counts: np.ndarray, mapped_pixels: np.ndarray, *, pixel_area: 
     var_share = np.sum(weights[:, None] ** 2 * row_var, axis=0)                               # eq. 10
     var_producers = _producer_variance(population, producers, row_var, total * column)
     return AreaAdjusted(
-        weights=weights, proportions=np.where(sampled[:, None], proportions, np.nan),
+        weights=np.where(unsampled, np.nan, weights), proportions=np.where(sampled[:, None], proportions, np.nan),
         overall=overall, overall_ci=float(z * np.sqrt(var_overall)),
         users=users, users_ci=z * np.sqrt(var_users), producers=producers, producers_ci=z * np.sqrt(var_producers),
         area_share=column, area_share_ci=z * np.sqrt(var_share),

@@ -387,8 +387,10 @@ def prepared_reference(path: Path, grid: Grid, block: int) -> PointReference:
         xs, ys = transform_points(crs, grid.crs, xy[:, 0], xy[:, 1])
         xy = np.column_stack([xs, ys])
     rows, cols = grid_pixels(grid, xy)
-    return PointReference(rows, cols, codes, dict(enumerate(prepared.class_names)), grid=grid, block=block,
-                          kind="prepared dataset (test split)", description=description)
+    # only the classes the test split holds: a class the map lacks but no test sample has is no error
+    labels = {int(c): prepared.class_names[c] for c in np.unique(codes)}
+    return PointReference(rows, cols, codes, labels, grid=grid, block=block, kind="prepared dataset (test split)",
+                          description=description)
 
 
 def _patch_pixels(prepared, index: np.ndarray, centres: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -611,7 +613,7 @@ def _estimator_notes(names: list[str], counts: np.ndarray, adjusted: AreaAdjuste
     single = [n for n, n_i in zip(names, counts.sum(1)) if n_i == 1]
     if single:
         notes.append(f"map classes with a single reference sample: {_listed(single)}; variances need two per map "
-                     "class, so the area-adjusted intervals are n/a")
+                     "class, so the area-adjusted intervals that involve them are n/a")
     return notes
 
 
