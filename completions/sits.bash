@@ -14,7 +14,7 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="change-detect demo embed finetune info predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="change-detect demo embed finetune info predict-map prepare pretrain probe" ;;
+        "sits") words="change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty" ;;
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
@@ -29,6 +29,8 @@ _sits_words() {
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;
         "sits probe") words="--from --out -o --class-weights --eval-date-shift --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
+        "sits smooth") words="--out -o --class-map --window --neigh-fraction --smoothness --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits uncertainty") words="--out -o --type --dtype --suggest --min-distance --suggest-out --block --cog --no-cog --compress --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         *) words=""; subs="" ;;
     esac
 }
