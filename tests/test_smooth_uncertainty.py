@@ -248,6 +248,40 @@ def test_few_samples_fit_when_the_distance_is_large(tmp_path):
     assert (points["row"].iloc[0], points["col"].iloc[0]) == (10, 10)
 
 
+def test_cli_on_the_probabilities_of_predict_map(tmp_path, monkeypatch, capsys):
+    """predict-map's probability raster (the stand-in classifier of test_predict_map) through both commands."""
+    from sitscli.engine.checkpoint import save_model
+    from sitscli.models.registry import DataInfo
+    from sitscli.workflows.predict_map import predict_map
+    from test_predict_map import BANDS, COLORS, ArrayCube, MeanNdvi
+    from test_predict_map import CLASSES as STRIPES
+
+    info = DataInfo(band_names=list(BANDS), band_mean=[0.06, 0.2], band_std=[0.02, 0.1],
+                    class_names=list(STRIPES), class_colors=list(COLORS))
+    save_model(tmp_path / "run", MeanNdvi(3), model_name="test-ndvi", hparams={}, info=info, task="classify")
+    cube = ArrayCube()
+    predict_map(cube, model=tmp_path / "run", out=tmp_path / "map.tif", probabilities=tmp_path / "p.tif", block=16,
+                device="cpu")
+    code, out, err = sits(monkeypatch, capsys, "smooth", tmp_path / "p.tif", "--out", tmp_path / "s.tif",
+                          "--class-map", tmp_path / "smap.tif", "--window", "5", "--smoothness", "10,20,30",
+                          "--block", "16", "--no-cog", "--json")
+    assert code == 0, err
+    assert json.loads(out)["smoothness"] == [10.0, 20.0, 30.0]
+    with rasterio.open(tmp_path / "smap.tif") as ds:
+        classes = ds.read(1)
+        assert [ds.colormap(1)[i][:3] for i in range(3)] == [(0x1f, 0x78, 0xb4), (0xb1, 0x59, 0x28), (0x33, 0xa0, 0x2c)]
+        assert ds.tags()["SITS_MODEL"] == "test-ndvi" and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
+    observed = cube.valid.any(axis=0)
+    assert (classes[~observed] == 255).all()
+    assert (classes[observed] == cube.expected[observed]).mean() > 0.95
+
+    code, out, err = sits(monkeypatch, capsys, "uncertainty", tmp_path / "s.tif", "--out", tmp_path / "u.tif",
+                          "--suggest", "3", "--type", "least")
+    assert code == 0, err
+    assert out.split() == ["uncertainty:", str(tmp_path / "u.tif"), "samples:", str(tmp_path / "u_samples.gpkg")]
+    assert set(gpd.read_file(tmp_path / "u_samples.gpkg")["class_1"]) <= set(STRIPES)
+
+
 def probs_file(tmp_path: Path) -> Path:
     probs, _ = two_parcels(size=20)
     return write_probs(tmp_path / "p.tif", probs)
