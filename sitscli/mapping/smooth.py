@@ -107,15 +107,44 @@ def neighbourhood_moments(x: np.ndarray, window: int, neigh_fraction: float) -> 
 
 def _top_moments(hood: np.ndarray, neigh_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """hood (N, n) logits with NaN gaps -> mean and sample variance (N,) of each row's top ceil(f * valid)."""
-    n_valid = np.isfinite(hood).sum(axis=1)                                    # (N,)
+    n = hood.shape[1]
     if neigh_fraction < 1:
-        hood = -np.sort(-hood, axis=1)                                         # descending, NaN last
+        hood = np.sort(hood, axis=1)                                           # ascending, NaN last
+    n_valid = n - np.isnan(hood).sum(axis=1)                                   # (N,)
+    if neigh_fraction < 1:
         # ceil(f * n), with a tolerance so that e.g. 0.1 * 30 = 3.0000000000000004 keeps 3
-        kept = np.ceil(neigh_fraction * n_valid - 1e-9).astype(np.int64)
-        kept = np.maximum(kept, np.minimum(n_valid, 1))
-        selected = np.arange(hood.shape[1]) < kept[:, None]                   # (N, n)
+        kept = np.maximum(np.ceil(neigh_fraction * n_valid - 1e-9).astype(np.int64), np.minimum(n_valid, 1))
     else:
-        kept, selected = n_valid, np.isfinite(hood)
+        kept = n_valid
+    mean, variance = np.empty(len(hood)), np.zeros(len(hood))
+    # Pixels whose whole window holds data (all but those near edges and gaps) keep the same
+    # number of values, the last ones of their sorted rows: one slice, no masks.
+    full = n_valid == n
+    k = _kept_of_full(n, neigh_fraction)
+    top = hood[full, n - k:]
+    mean[full] = top.mean(axis=1)
+    if k > 1:
+        variance[full] = top.var(axis=1, ddof=1)
+    partial = ~full
+    if partial.any():
+        mean[partial], variance[partial] = _masked_moments(hood[partial], n_valid[partial], kept[partial],
+                                                           sorted_rows=neigh_fraction < 1)
+    return mean, variance
+
+
+def _kept_of_full(n: int, neigh_fraction: float) -> int:
+    return n if neigh_fraction >= 1 else max(1, math.ceil(neigh_fraction * n - 1e-9))
+
+
+def _masked_moments(hood: np.ndarray, n_valid: np.ndarray, kept: np.ndarray, *,
+                    sorted_rows: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with NaN gaps: the kept values are the last `kept` before the NaNs of a sorted row, or
+    every finite value of an unsorted one."""
+    position = np.arange(hood.shape[1])
+    if sorted_rows:
+        selected = (position >= (n_valid - kept)[:, None]) & (position < n_valid[:, None])
+    else:
+        selected = np.isfinite(hood)
     values = np.where(selected, hood, np.float32(0))
     mean = values.sum(axis=1, dtype=np.float64) / np.maximum(kept, 1)
     squares = np.where(selected, np.square(values - mean[:, None].astype(np.float32)), np.float32(0))
