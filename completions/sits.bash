@@ -30,7 +30,7 @@ _sits_words() {
         "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;
         "sits probe") words="--from --out -o --class-weights --eval-date-shift --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits smooth") words="--out -o --class-map --window --neigh-fraction --smoothness --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits uncertainty") words="--out -o --type --dtype --suggest --min-distance --suggest-out --block --cog --no-cog --compress --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits uncertainty") words="--out -o --type --dtype --suggest --min-distance --suggest-out --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         *) words=""; subs="" ;;
     esac
 }

@@ -225,6 +225,7 @@ complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l suggest-out -rF
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l block -rF -d 'Pixels per side read at a time (default 512).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l cog -l no-cog -d 'Write a Cloud Optimized GeoTIFF (default: yes).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l compress -rF -d 'deflate (default), zstd or lzw.'
+complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l resume -l no-resume -d 'Continue an interrupted run: finished blocks are kept (not with --suggest).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l overwrite -l no-overwrite -d 'Replace existing outputs.'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l config -rF -d 'YAML file of options; flags given here win.'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l json -d 'Print the summary as JSON on stdout.'

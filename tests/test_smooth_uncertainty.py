@@ -195,6 +195,23 @@ def test_uncertainty_types_against_hand_computed_values(tmp_path):
     assert summary["pixels_measured"] == 4 and summary["samples"] is None
 
 
+def test_uncertainty_resumes_but_not_with_suggestions(tmp_path):
+    probs, _ = two_parcels(seed=4, size=40)
+    src = write_probs(tmp_path / "p.tif", probs)
+    uncertainty_map(src, out=tmp_path / "full.tif", block=16)
+    with pytest.raises(KeyboardInterrupt):
+        uncertainty_map(src, out=tmp_path / "u.tif", block=16, after_block=lambda done: done < 5 or _interrupt())
+    with pytest.raises(ConfigError, match="--resume cannot suggest"):
+        uncertainty_map(src, out=tmp_path / "u.tif", block=16, resume=True, suggest=3)
+    summary = uncertainty_map(src, out=tmp_path / "u.tif", block=16, resume=True)
+    assert summary["blocks_resumed"] == 5 and summary["mean_uncertainty"] is None
+    np.testing.assert_array_equal(read(tmp_path / "u.tif"), read(tmp_path / "full.tif"))
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
 def bumps(size: int = 60) -> np.ndarray:
     """Two classes; the second's probability has bumps (0.5 = a tie) at known pixels, else 0.05."""
     rows, cols = np.mgrid[0:size, 0:size]

@@ -29,6 +29,8 @@ def uncertainty_command(
     block: Optional[int] = typer.Option(None, "--block", help="Pixels per side read at a time (default 512)."),
     cog: Optional[bool] = typer.Option(None, "--cog/--no-cog", help="Write a Cloud Optimized GeoTIFF (default: yes)."),
     compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished "
+                                          "blocks are kept (not with --suggest)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -39,14 +41,16 @@ def uncertainty_command(
     require_exists(probabilities, "probability raster")
     flags = {
         "type": kind, "dtype": dtype, "suggest": suggest, "min_distance": min_distance, "suggest_out": suggest_out,
-        "block": block, "cog": cog, "compress": compress, "overwrite": overwrite,
+        "block": block, "cog": cog, "compress": compress, "resume": resume, "overwrite": overwrite,
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = uncertainty_map(probabilities, out=out, **options)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    log(f"{summary['type']} uncertainty of {summary['pixels_measured']} of {summary['pixels']} pixels, "
-        f"mean {summary['mean_uncertainty']:.3f}" + (f"; {summary['samples']} samples suggested" if summary["samples"] else ""))
+    mean = summary["mean_uncertainty"]
+    log(f"{summary['type']} uncertainty of {summary['pixels_measured']} of {summary['pixels']} pixels"
+        + (f", mean {mean:.3f}" if mean is not None else f" ({summary['blocks_resumed']} blocks resumed)")
+        + (f"; {summary['samples']} samples suggested" if summary["samples"] else ""))
     for name, path in summary["outputs"].items():
         typer.echo(f"{name}: {path}")

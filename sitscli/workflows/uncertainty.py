@@ -11,6 +11,7 @@ uncertainty and two most likely classes, for an expert to label (active learning
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ DEFAULT_MIN_DISTANCE_PIXELS = 10
 SAMPLES_LAYER = "suggested_samples"
 GDAL_CACHE_MB = 64
 DEFAULTS = {"type": "entropy", "dtype": "uint16", "suggest": None, "min_distance": None, "suggest_out": None,
-            "block": 512, "cog": True, "compress": "deflate", "overwrite": False}
+            "block": 512, "cog": True, "compress": "deflate", "resume": False, "overwrite": False}
 
 DESCRIPTIONS = {
     "entropy": "uncertainty: entropy of the class probabilities / log K",
@@ -45,7 +46,8 @@ DESCRIPTIONS = {
 def uncertainty_map(probabilities: str | Path, *, out: str | Path, type: str = "entropy", dtype: str = "uint16",
                     suggest: int | None = None, min_distance: float | None = None,
                     suggest_out: str | Path | None = None, block: int = 512, cog: bool = True,
-                    compress: str = "deflate", overwrite: bool = False) -> dict:
+                    compress: str = "deflate", resume: bool = False, overwrite: bool = False,
+                    after_block: Callable[[int], None] | None = None) -> dict:
     """Write the uncertainty of the class-probability raster `probabilities` into `out`.
 
     Args:
@@ -54,8 +56,12 @@ def uncertainty_map(probabilities: str | Path, *, out: str | Path, type: str = "
         suggest: also write this many sample points at the most uncertain pixels to `suggest_out`
             (default OUT_samples.gpkg), at least `min_distance` apart (CRS units, metres on a
             projected grid; default 10 pixels, as R sits).
+        resume: continue an interrupted run (not with `suggest`: the candidates of the blocks
+            finished before would be missing).
+        after_block: called with the number of finished blocks (tests inject faults with it).
     Returns:
-        a summary: outputs, type, pixels, pixels with a value, mean uncertainty, samples written.
+        a summary: outputs, type, pixels, pixels with a value, blocks (resumed), mean uncertainty
+        (None after a resume), samples written (None without `suggest`).
     """
     if type not in KINDS:
         raise ConfigError(f"--type {type!r}: choose one of {', '.join(KINDS)}")
@@ -63,6 +69,9 @@ def uncertainty_map(probabilities: str | Path, *, out: str | Path, type: str = "
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if block < 16:
         raise ConfigError("--block must be at least 16 pixels")
+    if resume and suggest is not None:
+        raise ConfigError("--resume cannot suggest samples (the blocks finished before would offer none): "
+                          "rerun without --resume, or without --suggest")
     outputs = _check_outputs(out, suggest, min_distance, suggest_out, overwrite)
     source = ProbabilityCube(probabilities)
     valid = source.count_valid(block)
@@ -76,10 +85,14 @@ def uncertainty_map(probabilities: str | Path, *, out: str | Path, type: str = "
     target = MapTarget(outputs["uncertainty"], spec, scaled(spec, classifier.measure))
     log(f"{type} uncertainty of {source.grid.width} x {source.grid.height} pixels, {source.num_classes} classes")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        summary = write_map(source, classifier, [target], block=block, cog=cog, compress=compress,
-                            fingerprint=source.identity(), label="uncertainty")
+        summary = write_map(source, classifier, [target], block=block, resume=resume, cog=cog, compress=compress,
+                            fingerprint={**source.identity(), "type": type}, after_block=after_block,
+                            label="uncertainty")
+    # the mean over this run's blocks only is no mean of the raster: none after a resume
+    mean = None if summary["blocks_resumed"] else classifier.total / max(summary["pixels_mapped"], 1)
     result = {"type": type, "pixels": summary["pixels"], "pixels_measured": summary["pixels_mapped"],
-              "mean_uncertainty": classifier.total / max(summary["pixels_mapped"], 1), "samples": None}
+              "blocks": summary["blocks"], "blocks_resumed": summary["blocks_resumed"], "mean_uncertainty": mean,
+              "samples": None}
     if suggester is not None:
         try:
             result["samples"] = _write_samples(suggester.select(), source, outputs["samples"], overwrite)
