@@ -256,6 +256,24 @@ def test_suggested_samples_are_the_most_uncertain_places_apart(tmp_path):
         ("crop", pytest.approx(0.7), "grass", pytest.approx(0.3))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_wise_candidates_give_the_greedy_choice_over_every_pixel(seed):
+    """On white-noise uncertainty (the hardest case for keeping few candidates per block)."""
+    from rasterio.windows import Window
+
+    from sitscli.mapping.predict import pixel_centres
+    from sitscli.mapping.uncertainty import SampleSuggester
+
+    unc = np.random.default_rng(seed).random((64, 64)).astype(np.float32)
+    probs = np.stack([unc, 1 - unc])
+    suggester = SampleSuggester(30, 50, GRID.transform)
+    for row in range(0, 64, 16):
+        for col in range(0, 64, 16):
+            suggester.add(unc[row:row + 16, col:col + 16], probs[:, row:row + 16, col:col + 16],
+                          pixel_centres(GRID.transform, Window(col, row, 16, 16)))
+    assert [(c.row, c.col) for c in suggester.select()] == brute_force_greedy(unc, 30, 5)
+
+
 def test_few_samples_fit_when_the_distance_is_large(tmp_path):
     src = write_probs(tmp_path / "p.tif", bumps(), dtype="float32", names=["crop", "grass"])
     summary = uncertainty_map(src, out=tmp_path / "u.tif", suggest=10, min_distance=450,

@@ -11,9 +11,12 @@ R sits `sits_uncertainty` offers the same three types (entropy by default).
 Sample suggestion (as R sits `sits_uncertainty_sampling`): the N most uncertain pixels, taken
 greedily from the most uncertain down, each at least `min_distance` from those already taken.
 `SampleSuggester` sees the raster block by block and keeps a bounded set of candidates per block,
-so memory does not grow with the raster: first only the most uncertain pixel of each square cell of
-side min_distance / sqrt(2) (two pixels of one cell are closer than min_distance, so the greedy
-choice keeps at most one of them anyway), then the `per_block` most uncertain of those.
+so memory follows the number of blocks, not of pixels: first only the most uncertain pixel of each
+square cell of side min_distance / sqrt(2) (two pixels of one cell are closer than min_distance, so
+the greedy choice keeps at most one of them anyway), then the `per_block` most uncertain of those.
+This is the greedy choice over every pixel except where a cell's best pixel is turned down for a
+neighbour in another cell while another pixel of its cell, farther from that neighbour, would not be:
+that pixel is then not offered (a difference of less than min_distance in where a sample goes).
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ KINDS = ("entropy", "margin", "least")
 
 
 def normalised(probs: np.ndarray) -> np.ndarray:
-    """probs (K, ...) -> float64 probabilities divided by their sum (NaN stays NaN)."""
-    p = np.clip(probs.astype(np.float64), 0.0, None)
+    """probs (K, ...) -> float32 probabilities divided by their sum (NaN stays NaN)."""
+    p = np.maximum(probs.astype(np.float32), np.float32(0))
     total = p.sum(axis=0, keepdims=True)
-    return p / np.where(total > 0, total, 1.0)
+    return p / np.where(total > 0, total, np.float32(1))
 
 
 def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
@@ -41,11 +44,13 @@ def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
         raise ValueError(f"unknown uncertainty {kind!r}: one of {', '.join(KINDS)}")
     p = normalised(probs)
     if kind == "entropy":
-        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-        value = -plogp.sum(axis=0) / math.log(p.shape[0])
+        plogp = p * np.log(np.where(p > 0, p, np.float32(1)))                 # 0 log 0 = 0
+        value = -plogp.sum(axis=0) / np.float32(math.log(p.shape[0]))
+    elif kind == "margin":
+        lowest_first = np.partition(-p, 1, axis=0)                             # -p(1), -p(2), then the rest
+        value = 1 - (lowest_first[1] - lowest_first[0])
     else:
-        first, second = top_two(p)[1::2]
-        value = 1.0 - (first - second) if kind == "margin" else 1.0 - first
+        value = 1 - p.max(axis=0)
     value[np.isnan(probs).any(axis=0)] = np.nan
     return value.astype(np.float32)
 
@@ -85,10 +90,12 @@ class SampleSuggester:
         per_block: candidates kept per block (at least n, so one block alone can provide all).
     """
 
+    FIELDS = ("uncertainty", "x", "y", "row", "col", "class_1", "prob_1", "class_2", "prob_2")
+
     def __init__(self, n: int, min_distance: float, transform: Affine, per_block: int | None = None):
         self.n, self.min_distance, self.transform = n, float(min_distance), transform
         self.per_block = max(n, per_block if per_block is not None else max(8 * n, 256))
-        self.candidates: list[Candidate] = []
+        self.blocks: list[dict[str, np.ndarray]] = []   # per block: field -> (m,) array (~72 bytes a candidate)
 
     def add(self, unc: np.ndarray, probs: np.ndarray, xy: np.ndarray) -> None:
         """One block: unc (h, w) NaN = no data, probs (K, h, w), xy (h * w, 2) pixel centres, row-major."""
@@ -103,30 +110,31 @@ class SampleSuggester:
         c1, p1, c2, p2 = top_two(probs.reshape(probs.shape[0], -1)[:, idx])
         x, y = xy[idx, 0], xy[idx, 1]
         cols, rows = ~self.transform * (x, y)                                  # pixel centres: whole + 0.5
-        for i in range(idx.size):
-            self.candidates.append(Candidate(float(flat[idx[i]]), float(x[i]), float(y[i]),
-                                             int(np.floor(rows[i])), int(np.floor(cols[i])),
-                                             int(c1[i]), float(p1[i]), int(c2[i]), float(p2[i])))
+        values = (flat[idx], x, y, np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64), c1, p1, c2, p2)
+        self.blocks.append(dict(zip(self.FIELDS, values)))
 
     def select(self) -> list[Candidate]:
         """Greedy choice: most uncertain first (ties: top row, then left column), skipping any
         candidate closer than `min_distance` to one already chosen; at most n."""
-        ordered = sorted(self.candidates, key=lambda c: (-c.uncertainty, c.row, c.col))
-        if self.min_distance <= 0:
-            return ordered[:self.n]
-        chosen: list[Candidate] = []
+        if not self.blocks:
+            return []
+        pool = {f: np.concatenate([b[f] for b in self.blocks]) for f in self.FIELDS}
+        order = np.lexsort((pool["col"], pool["row"], -pool["uncertainty"]))
+        chosen: list[int] = []
         cell = self.min_distance
-        grid: dict[tuple[int, int], list[Candidate]] = defaultdict(list)  # chosen points by cell of side d
-        for cand in ordered:
-            key = (math.floor(cand.x / cell), math.floor(cand.y / cell))
-            near = (p for dx in (-1, 0, 1) for dy in (-1, 0, 1) for p in grid.get((key[0] + dx, key[1] + dy), ()))
-            if any(math.hypot(p.x - cand.x, p.y - cand.y) < self.min_distance for p in near):
-                continue
-            chosen.append(cand)
-            grid[key].append(cand)
+        taken: dict[tuple[int, int], list[int]] = defaultdict(list)  # chosen candidates by cell of side d
+        x, y = pool["x"], pool["y"]
+        for i in order:
+            if self.min_distance > 0:
+                key = (math.floor(x[i] / cell), math.floor(y[i] / cell))
+                near = (j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in taken.get((key[0] + dx, key[1] + dy), ()))
+                if any(math.hypot(x[j] - x[i], y[j] - y[i]) < self.min_distance for j in near):
+                    continue
+                taken[key].append(i)
+            chosen.append(i)
             if len(chosen) == self.n:
                 break
-        return chosen
+        return [Candidate(**{f: pool[f][i].item() for f in self.FIELDS}) for i in chosen]
 
 
 def _most_uncertain_per_cell(idx: np.ndarray, flat: np.ndarray, xy: np.ndarray, side: float) -> np.ndarray:

@@ -112,14 +112,19 @@ class Collecting(Passthrough):
 
     def __init__(self, kind: str, suggester: SampleSuggester | None):
         self.kind, self.suggester, self.total = kind, suggester, 0.0
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     def measure(self, probs: np.ndarray) -> np.ndarray:
-        """(K, h, w) -> (1, h, w) uncertainty."""
+        """(K, h, w) -> (1, h, w) uncertainty; that of the block just classified is not computed again
+        (`write_map` encodes the very array `predict_window` returned)."""
+        if self.last is not None and self.last[0] is probs:
+            return self.last[1][None]
         return uncertainty(probs, self.kind)[None]
 
     def predict_window(self, values, valid, dates, xy) -> np.ndarray:
         probs = super().predict_window(values, valid, dates, xy)
         unc = uncertainty(probs, self.kind)
+        self.last = (probs, unc)
         self.total += float(np.nansum(unc, dtype=np.float64))
         if self.suggester is not None:
             self.suggester.add(unc, probs, xy)
