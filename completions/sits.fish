@@ -220,7 +220,7 @@ complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l out -s o -rF -d
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l type -rF -d 'entropy (default: -sum p log p / log K), margin (1 - (p1 - p2)) or least (1 - p1).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l dtype -rF -d 'uint16 (scale 1e-4, nodata 65535; default) or float32 (nodata NaN).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l suggest -rF -d 'Also suggest N sample locations at the most uncertain pixels.'
-complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l min-distance -rF -d 'Metres (CRS units) between suggested samples (default 10 pixels, as R sits).'
+complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l min-distance -rF -d 'Least distance in metres (CRS units) between suggested samples (default 10 pixels, as R sits).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l suggest-out -rF -d 'GeoPackage of the suggested points (default OUT_samples.gpkg).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l block -rF -d 'Pixels per side read at a time (default 512).'
 complete -c sits -n '__fish_seen_subcommand_from uncertainty' -l cog -l no-cog -d 'Write a Cloud Optimized GeoTIFF (default: yes).'

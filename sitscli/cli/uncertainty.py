@@ -22,7 +22,7 @@ def uncertainty_command(
                                        "(1 - (p1 - p2)) or least (1 - p1)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="uint16 (scale 1e-4, nodata 65535; default) or float32 (nodata NaN)."),
     suggest: Optional[int] = typer.Option(None, "--suggest", help="Also suggest N sample locations at the most uncertain pixels."),
-    min_distance: Optional[float] = typer.Option(None, "--min-distance", help="Metres (CRS units) between suggested "
+    min_distance: Optional[float] = typer.Option(None, "--min-distance", help="Least distance in metres (CRS units) between suggested "
                                                  "samples (default 10 pixels, as R sits)."),
     suggest_out: Optional[Path] = typer.Option(None, "--suggest-out", help="GeoPackage of the suggested points "
                                                "(default OUT_samples.gpkg)."),
