@@ -84,7 +84,7 @@ def test_smoothing_removes_isolated_pixels_and_keeps_the_border(tmp_path):
     valid = ~np.isnan(probs[0])
     assert summary["pixels_smoothed"] == valid.sum() and summary["window"] == 9 and summary["smoothness"] == [20.0] * 3
     assert isolated(np.where(valid, before, 9)) > 150 and isolated(np.where(valid, after, 9)) == 0
-    distance_to_border = np.abs(np.arange(60) - 29.5)[None].repeat(60, axis=0)             # the border is between 29 and 30
+    distance_to_border = np.abs(np.arange(60) - 29.5)[None].repeat(60, axis=0)   # the border: between 29 and 30
     wrong = valid & (after != truth)
     assert not wrong[distance_to_border > 1].any()
     assert (after[~valid] == 255).all()

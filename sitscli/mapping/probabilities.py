@@ -116,8 +116,8 @@ class Passthrough:
 def _class_names(path: Path, ds) -> list[str]:
     descriptions = list(ds.descriptions)
     if ds.count < 2 or not all(d and d.startswith(DESCRIPTION_PREFIX) for d in descriptions):
-        raise DataFormatError(f"{path} is not a class-probability raster (one band per class named 'probability CLASS'): "
-                              "give the file written by sits predict-map --probabilities")
+        raise DataFormatError(f"{path} is not a class-probability raster (one band per class named "
+                              "'probability CLASS'): give the file written by sits predict-map --probabilities")
     return [d.removeprefix(DESCRIPTION_PREFIX) for d in descriptions]
 
 

@@ -112,9 +112,10 @@ def _check_outputs(out, class_map, overwrite: bool) -> dict[str, Path]:
 
 def _targets(outputs: dict[str, Path], source: ProbabilityCube, parameters: dict) -> list[MapTarget]:
     provenance = {k: v for k, v in source.tags.items() if k.startswith("SITS_")}
+    smoothness = ",".join(f"{v:g}" for v in parameters["smoothness"])
     provenance.update({"SITS_SMOOTHED_FROM": str(source.path), "SITSCLI_VERSION": __version__,
-                       "SITS_SMOOTHING": f"bayes window={parameters['window']} neigh_fraction={parameters['neigh_fraction']:g} "
-                                         f"smoothness={','.join(f'{v:g}' for v in parameters['smoothness'])}"})
+                       "SITS_SMOOTHING": f"bayes window={parameters['window']} "
+                                         f"neigh_fraction={parameters['neigh_fraction']:g} smoothness={smoothness}"})
     is_float = np.dtype(source.dtype).kind == "f"
     nodata = float("nan") if is_float else (source.nodata if source.nodata is not None else np.iinfo(source.dtype).max)
     spec = RasterSpec(count=source.num_classes, dtype=source.dtype, nodata=nodata, scale=source.scale, tags=provenance,

@@ -144,7 +144,8 @@ def _check_outputs(out, suggest, min_distance, suggest_out, overwrite: bool) -> 
         default = Path(out).with_name(Path(out).stem + "_samples.gpkg")
         outputs["samples"] = Path(suggest_out) if suggest_out is not None else default
         if outputs["samples"].suffix.lower() != ".gpkg":
-            raise ConfigError(f"--suggest-out {outputs['samples']}: samples are written as a GeoPackage, name it *.gpkg")
+            raise ConfigError(f"--suggest-out {outputs['samples']}: samples are written as a GeoPackage, "
+                              "name it *.gpkg")
     for path in outputs.values():
         check_output(path, overwrite)
     return outputs
@@ -152,7 +153,8 @@ def _check_outputs(out, suggest, min_distance, suggest_out, overwrite: bool) -> 
 
 def _suggester(source: ProbabilityCube, n: int, min_distance: float | None, valid: int) -> SampleSuggester:
     if n > valid:
-        raise ConfigError(f"--suggest {n}: {source.path} has only {valid} pixels with probabilities; ask for fewer samples")
+        raise ConfigError(f"--suggest {n}: {source.path} has only {valid} pixels with probabilities; "
+                          "ask for fewer samples")
     if source.grid.crs is not None and source.grid.crs.is_geographic:
         raise ConfigError(f"{source.path} is in geographic coordinates: --min-distance needs a projected grid "
                           "(metres): reproject it, e.g. gdalwarp -t_srs EPSG:326xx")
@@ -166,7 +168,8 @@ def _spec(source: ProbabilityCube, kind: str, dtype: str) -> RasterSpec:
     tags.update({"SITS_UNCERTAINTY": kind, "SITS_UNCERTAINTY_OF": str(source.path), "SITSCLI_VERSION": __version__})
     if dtype == "float32":
         return RasterSpec(count=1, dtype="float32", nodata=float("nan"), descriptions=[DESCRIPTIONS[kind]], tags=tags)
-    return RasterSpec(count=1, dtype="uint16", nodata=65535, scale=UINT16_SCALE, descriptions=[DESCRIPTIONS[kind]], tags=tags)
+    return RasterSpec(count=1, dtype="uint16", nodata=65535, scale=UINT16_SCALE, descriptions=[DESCRIPTIONS[kind]],
+                      tags=tags)
 
 
 def _write_samples(chosen: list[Candidate], source: ProbabilityCube, path: Path, overwrite: bool) -> int:
