@@ -14,7 +14,7 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe" ;;
+        "sits") words="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty" ;;
         "sits accuracy") words="--reference -r --out -o --field --classes --per-polygon --per-pixel --block --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
@@ -30,6 +30,8 @@ _sits_words() {
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;
         "sits probe") words="--from --out -o --class-weights --eval-date-shift --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
+        "sits smooth") words="--out -o --class-map --window --neigh-fraction --smoothness --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits uncertainty") words="--out -o --type --dtype --suggest --min-distance --suggest-out --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         *) words=""; subs="" ;;
     esac
 }

@@ -45,7 +45,8 @@ def _root(
 
 # Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "prepare", "pretrain", "finetune", "probe", "predict_map", "change_detect", "accuracy", "embed", "info", "demo",
+    "prepare", "pretrain", "finetune", "probe", "predict_map", "change_detect", "accuracy", "smooth", "uncertainty",
+    "embed", "info", "demo",
 )
 
 

@@ -219,14 +219,14 @@ def scaled(spec: RasterSpec, reduce: Callable[[np.ndarray], np.ndarray] = lambda
 
 def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget], *, block: int,
               fingerprint: dict, resume: bool = False, cog: bool = False, compress: str = "deflate",
-              after_block: Callable[[int], None] | None = None) -> dict:
+              after_block: Callable[[int], None] | None = None, label: str = "predict-map") -> dict:
     """Classify `cube` block by block into `targets`, resumable, and move them into place.
 
     Each finished block is written to every partial raster (closed = on disk) before the progress
     sidecar records it, so a run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) is continued by
     `resume=True` to the same map an uninterrupted run makes. On any other error the partial
     outputs are removed. `after_block(n_done)` is a hook for progress callbacks (tests inject
-    faults with it).
+    faults with it); `label` names the job on the progress bar.
 
     Returns a summary: blocks, blocks skipped (resumed), pixels, pixels mapped.
     """
@@ -245,7 +245,7 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
     if skipped:
         log(f"resuming: {skipped} of {len(blocks)} blocks already done")
     try:
-        with Progress(len(blocks), "predict-map") as bar:
+        with Progress(len(blocks), label) as bar:
             bar.advance(skipped)
             for index, window, values, valid in prefetch(cube, todo):
                 probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window))
