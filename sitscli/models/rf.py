@@ -174,6 +174,7 @@ register(ModelSpec(
     build=build,
     defaults=DEFAULTS,
     compact=True,
+    day_of_year=True,
     description="random forest on series linearly gap-filled every 10 days (iota2 / Pelletier et al. 2016 baseline)",
     direct_fit=fit_random_forest,
 ))
