@@ -154,6 +154,19 @@ def test_class_map_with_codes_writes_values_legend_and_sidecars(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
 
 
+def test_score_raster_is_a_cog_with_average_overviews(tmp_path):
+    grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 300000, 0, -10, 5000000), 1030, 1100)
+    spec = geotiff.RasterSpec(count=2, dtype="float32", nodata=float("nan"), descriptions=["a", "b"])
+    data = np.zeros((2, 1030, 1100), np.float32)
+    data[:, ::2, ::2] = 4.0                                # average of each 2 x 2 cell: 1.0
+    geotiff.write_raster(tmp_path / "s.tif", data, grid, spec)
+    assert cog_validate(str(tmp_path / "s.tif"))[:2] == (True, [])
+    with rasterio.open(tmp_path / "s.tif") as ds:
+        assert ds.block_shapes[0] == (512, 512) and ds.overviews(1) == [2, 4]
+        overview = ds.read(1, out_shape=(515, 550))
+    np.testing.assert_allclose(overview, 1.0)
+
+
 def test_codes_beyond_uint16_are_refused():
     with pytest.raises(ConfigError, match="0..65534"):
         geotiff.class_map_spec(["a"], None, class_codes=[70000])
