@@ -152,6 +152,9 @@ def test_class_map_with_codes_writes_values_legend_and_sidecars(tmp_path):
     with rasterio.open(path) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+    (tmp_path / "map.qml").write_text("<qgis>a style of the user's own</qgis>")
+    geotiff.write_raster(path, np.zeros((1, 600, 700), np.float32), grid, other, overwrite=True)
+    assert (tmp_path / "map.qml").read_text() == "<qgis>a style of the user's own</qgis>"
 
 
 def test_score_raster_is_a_cog_with_average_overviews(tmp_path):

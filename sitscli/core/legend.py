@@ -29,6 +29,7 @@ from sitscli.core.progress import log
 
 # Codes are stored as uint8 / uint16 pixel values; the type's largest value is kept for nodata.
 MAX_CODE = 65534
+LEGEND_MARK = "sitscli class map legend"   # in the sidecars written here, so that stale ones can be told apart
 
 # Land-cover keywords -> shades, used in turn by the classes that match the same entry. A keyword
 # matches at the start of a word of the lower-cased class name (a regex; `\b` ends a whole word).
@@ -178,8 +179,11 @@ def read_color_file(path: str | Path) -> list[ColorEntry]:
     `.qml` (paletted renderer entries) or a `.clr` colour map (`value r g b [alpha [label]]`)."""
     path = require_exists(path, "--colors file")
     suffix = path.suffix.lower()
-    readers = {".qml": _read_qml, ".clr": _read_clr, ".txt": _read_clr}
-    entries = readers.get(suffix, _read_csv)(path)
+    if suffix in (".qml", ".clr"):
+        entries = (_read_qml if suffix == ".qml" else _read_clr)(path)
+    else:  # .csv, or a .txt that may be CSV or a QGIS colour map export ("2,0,128,0,255,forest")
+        csv_line = re.compile(r"^[^,#][^,]*,\s*#?[0-9a-fA-F]{6}([0-9a-fA-F]{2})?\s*$", re.MULTILINE)
+        entries = (_read_csv if csv_line.search(path.read_text(encoding="utf-8-sig")) else _read_clr)(path)
     if not entries:
         raise DataFormatError(f"--colors {path} holds no colour: give CSV lines code_or_name,#rrggbb, a QGIS .qml style "
                               "or a .clr colour map")
@@ -273,6 +277,7 @@ def qml_text(values: Sequence[int], names: Sequence[str], colors: Sequence[str])
     """A QGIS layer style (`MAP.qml`, loaded by QGIS as the map's default style): the paletted
     renderer on band 1 with one entry per class (pixel value, colour, name as label)."""
     lines = ["<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>",
+             f"<!-- {LEGEND_MARK} -->",
              '<qgis version="3.28.0" styleCategories="Symbology">',
              "  <pipe>",
              '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">',
@@ -290,7 +295,7 @@ def qml_text(values: Sequence[int], names: Sequence[str], colors: Sequence[str])
 def clr_text(values: Sequence[int], names: Sequence[str], colors: Sequence[str]) -> str:
     """A colour map (`MAP.clr`): `value red green blue alpha label` per class, the format QGIS's
     paletted renderer exports and loads (its first four columns are ESRI's colour map format)."""
-    lines = ["# sitscli class map legend: value red green blue alpha label"]
+    lines = [f"# {LEGEND_MARK}: value red green blue alpha label"]
     for value, name, color in zip(values, names, colors):
         r, g, b, a = parse_color(color)
         label = " ".join(str(name).split())  # one line per class

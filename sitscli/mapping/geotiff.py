@@ -43,7 +43,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from sitscli.core.errors import ConfigError
-from sitscli.core.legend import MAX_CODE, clr_text, default_colors, parse_color, pixel_values, qml_text
+from sitscli.core.legend import LEGEND_MARK, MAX_CODE, clr_text, default_colors, parse_color, pixel_values, qml_text
 from sitscli.core.io import check_output, temporary_sibling
 from sitscli.data.cube import Grid
 
@@ -174,7 +174,8 @@ def finish(tmp: Path, final: Path, spec: RasterSpec, *, cog: bool = True, compre
     for suffix, text in _sidecars(spec).items():
         target = sidecar_path(final, suffix)
         if text is None:
-            target.unlink(missing_ok=True)  # a stale legend from an overwritten class map
+            if suffix == ".aux.xml" or _written_by_us(target):
+                target.unlink(missing_ok=True)  # a stale legend from an overwritten class map
             continue
         staged = sidecar_path(tmp, suffix)
         staged.write_text(text)
@@ -197,6 +198,15 @@ SIDECARS = (".aux.xml", ".qml", ".clr")
 def sidecar_path(raster: Path, suffix: str) -> Path:
     """MAP.tif.aux.xml (GDAL's PAM name), MAP.qml (QGIS's default style name) and MAP.clr."""
     return raster.with_name(raster.name + suffix) if suffix == ".aux.xml" else raster.with_suffix(suffix)
+
+
+def _written_by_us(path: Path) -> bool:
+    """A .qml / .clr that `finish` wrote (a user's own style for a score raster is left alone)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return LEGEND_MARK in f.read(512)
+    except OSError:
+        return False
 
 
 def _sidecars(spec: RasterSpec) -> dict[str, str | None]:
