@@ -101,6 +101,17 @@ def test_class_codes_one_per_class():
         class_codes(ids, [2.5, 8, 8, None, 2.5], ["a", "b"], field="ID", where="f")
 
 
+def test_code_field_of_the_labels(real_data):
+    from sitscli.data.labels import read_labels
+
+    gpkg, crs = real_data / "slovenia-s2-ndvi" / "lulc.gpkg", CRS.from_epsg(32633)
+    with pytest.raises(ConfigError, match=r"^code field 'LULC' is not in lulc.gpkg: the fields are LULC_ID, LULC_NAME "
+                                          r"\(pass one with --code-field\)$"):
+        read_labels(gpkg, "LULC_NAME", crs=crs, code_field="LULC")
+    same = read_labels(gpkg, "LULC_ID", crs=crs, code_field="LULC_ID")      # codes as names
+    assert same.class_names == ["0", "1", "2", "3", "4", "8"] and same.class_codes == [0, 1, 2, 3, 4, 8]
+
+
 def test_table_code_column_keeps_codes(tmp_path):
     from sitscli.data.prepared import open_prepared
     from sitscli.data.recipes.table import prepare_table

@@ -82,8 +82,8 @@ def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[f
     for name, option in ((class_field, "--class-field"), (code_field, "--code-field")):
         if name is not None and name not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != frame.geometry.name) or "none"
-            raise ConfigError(f"{option.strip('-').replace('-', ' ')} {name!r} is not in {path.name}: the fields are {fields} "
-                              f"(pass one with {option})")
+            what = option.strip("-").replace("-", " ")
+            raise ConfigError(f"{what} {name!r} is not in {path.name}: the fields are {fields} (pass one with {option})")
     frame = frame.reset_index(drop=True)
     frame["polygon_id"] = np.arange(len(frame), dtype=np.int64)
     frame = _drop_unusable(frame, class_field, path)

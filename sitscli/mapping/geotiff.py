@@ -98,7 +98,8 @@ def class_value_type(largest: int) -> tuple[str, int]:
     raise ConfigError(f"class value {largest} does not fit a class map: class codes must be 0..{MAX_CODE}")
 
 
-def legend_tags(class_names: Sequence[str], class_colors: Sequence[str], class_codes: Sequence[int] | None) -> dict[str, str]:
+def legend_tags(class_names: Sequence[str], class_colors: Sequence[str],
+                class_codes: Sequence[int] | None) -> dict[str, str]:
     """TIFF tags naming the classes (JSON lists), so a raster alone keeps its legend."""
     tags = {"CLASS_NAMES": json.dumps(list(class_names)), "CLASS_COLORS": json.dumps(list(class_colors))}
     if class_codes:
@@ -214,7 +215,8 @@ def _sidecars(spec: RasterSpec) -> dict[str, str | None]:
     if not spec.is_class_map:
         return dict.fromkeys(SIDECARS)
     names, colors, values = spec.class_names or [], spec.class_colors or [], spec.values
-    return {".aux.xml": pam_categories(spec), ".qml": qml_text(values, names, colors), ".clr": clr_text(values, names, colors)}
+    return {".aux.xml": pam_categories(spec), ".qml": qml_text(values, names, colors),
+            ".clr": clr_text(values, names, colors)}
 
 
 def write_raster(path: Path, data: np.ndarray, grid: Grid, spec: RasterSpec, *, overwrite: bool = False,

@@ -90,7 +90,8 @@ def warn_outside_training(dates: np.ndarray, card: ModelCard, spec: registry.Mod
     if outside == 0:
         return
     how = ("it reads dates as days of the year, so check that the input covers the same season"
-           if spec.folds_years(card.hparams) else "the model never saw these positions in time, so expect less accurate classes")
+           if spec.folds_years(card.hparams) else
+           "the model never saw these positions in time, so expect less accurate classes")
     log(f"warning: {outside} of {len(dates)} input dates lie outside the training period {iso(first)} to {iso(last)}: {how}")
 
 

@@ -134,7 +134,7 @@ def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
 def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
 
-    o = {**o, "folder": _path(o["folder"]), "out": _path(o["out"]), "labels": _path(o["labels"]), "colors": _path(o["colors"])}
+    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "colors")}}
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         code_field=o["code_field"], colors=o["colors"],
