@@ -48,6 +48,13 @@ def test_land_cover_names_get_land_cover_colours():
     assert colors[8] == rgb(default_colors(["anything else"])[0])   # no keyword: the qualitative palette
 
 
+def test_many_crops_get_distinct_crop_colours():
+    names = [f"crop type {i}" for i in range(30)]
+    colors = default_colors(names)
+    assert len(set(colors)) == 30
+    assert all(rgb(c)[0] >= rgb(c)[2] for c in colors)       # warm hues: no blue crops
+
+
 def test_unnamed_classes_get_a_qualitative_palette():
     colors = default_colors([str(i) for i in range(5)])
     assert len(set(colors)) == 5 and colors[0] == "#1f77b4"     # tab20's first colour

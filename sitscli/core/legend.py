@@ -33,10 +33,9 @@ LEGEND_MARK = "sitscli class map legend"   # in the sidecars written here, so th
 
 # Land-cover keywords -> shades, used in turn by the classes that match the same entry. A keyword
 # matches at the start of a word of the lower-cased class name (a regex; `\b` ends a whole word).
-# Colours follow the conventions shared by CORINE Land Cover and ESA WorldCover: forests dark
-# green, shrubs olive, grassland light green, crops yellow, artificial surfaces red and grey, bare
-# ground brown, water blue. Entries are tried in order, so "tree crops" is a tree and "urban
-# green" is urban.
+# Colours keep to the spirit of the CORINE Land Cover legend: forests dark green, shrubs olive,
+# grassland light green, crops yellow to orange, artificial surfaces red and grey, bare ground
+# brown, water blue. Entries are tried in order, so "tree crops" is a tree and "urban green" is urban.
 LAND_COVER_COLORS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("water", "river", "lake", r"sea\b", "ocean", "reservoir", "pond"), ("#1f78b4", "#4a9bd6", "#0b4f8a")),
     (("wetland", "marsh", "bog", "swamp", "mangrove", "peat"), ("#4fb8a8", "#2e8b7a")),
@@ -51,7 +50,8 @@ LAND_COVER_COLORS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("orchard", "vineyard", "vine", "olive", "fruit"), ("#9e4fa5", "#c27bb0")),
     (("wheat", "barley", "cereal", r"oats?\b", r"rye\b", "triticale", "grain", "maize", "corn", "rapeseed", "colza",
       "canola", "sunflower", "soy", r"rice\b", "potato", "beet", "crop", "cultivated", "arable", "agri", "farm",
-      "fallow"), ("#f0d43a", "#e6ab02", "#fee08b", "#d9b300", "#ffd92f", "#c9a227")),
+      "fallow"), ("#f0d43a", "#e6ab02", "#fee08b", "#d9b300", "#fdae61", "#c9a227", "#ffd92f", "#e08214",
+                  "#fec44f", "#d8b365", "#f4a460", "#f6e8c3")),
 )
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 
@@ -88,8 +88,19 @@ def land_cover_color(name: str, used: dict[int, int]) -> str | None:
         if any(re.search(r"\b" + keyword, lower) for keyword in keywords):
             turn = used.get(entry, 0)
             used[entry] = turn + 1
-            return shades[turn % len(shades)]
+            return _varied(shades[turn % len(shades)], turn // len(shades))
     return None
+
+
+def _varied(color: str, step: int) -> str:
+    """`color` itself (step 0), then mixed with white and black in turn, further each time, so that
+    more classes than an entry has shades still get distinct colours of its hue."""
+    if step == 0:
+        return color
+    r, g, b, _ = parse_color(color)
+    toward = 255 if step % 2 else 0
+    share = min(0.8, 0.3 * ((step + 1) // 2))
+    return hex_color(*(v + share * (toward - v) for v in (r, g, b)))
 
 
 def default_colors(names: Sequence[str]) -> list[str]:
