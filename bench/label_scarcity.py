@@ -84,7 +84,7 @@ def reduce_labels(source: Path, out: Path, *, train_per_class: int, val_per_clas
         y = np.where(demoted, np.int16(-1), y)
     a = prepared.ds.attrs
     with PreparedWriter(out, n_time=prepared.n_time, band_names=prepared.band_names, class_names=prepared.class_names,
-                        class_colors=prepared.class_colors, sensor=a["sensor"], source=f"label-scarce copy of {source}",
+                        class_colors=prepared.class_colors, class_codes=prepared.class_codes, sensor=a["sensor"], source=f"label-scarce copy of {source}",
                         mode="pixel", crs=prepared.crs, overwrite=True) as writer:
         writer.append(x=data["x"] / SCALE, valid=data["valid"], date=data["date"], y=y, split=split, group=group,
                       xy=data["xy"])

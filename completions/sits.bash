@@ -16,17 +16,17 @@ _sits_words() {
     case "$1" in
         "sits") words="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty" ;;
         "sits accuracy") words="--reference -r --out -o --field --classes --per-polygon --per-pixel --block --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
-        "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --class-weights --eval-date-shift --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits info") words="--json --help -h"; subs="" ;;
-        "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --colors --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare") words="s2 sitsbert-csv synthetic table timesen2crop --help -h"; subs="s2 sitsbert-csv synthetic table timesen2crop" ;;
-        "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --code-field --colors --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare sitsbert-csv") words="--out -o --val --test --unlabeled --bands --year --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare synthetic") words="--out -o --layout --size --seed --difficulty --years --zipped --no-zipped --baseline --workers --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits prepare table") words="--out -o --layout --id-col --date-col --label-col --band-cols --lon-col --lat-col --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits prepare table") words="--out -o --layout --id-col --date-col --label-col --band-cols --lon-col --lat-col --code-col --code-field --colors --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;
         "sits probe") words="--from --out -o --class-weights --eval-date-shift --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;

@@ -130,3 +130,8 @@ def test_slurm_examples_parse_and_resume(script):
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     text = path.read_text()
     assert "--signal=B:USR1@" in text and '--resume "$RUN"' in text and "scontrol requeue" in text
+
+
+def test_the_kept_best_epoch_is_logged(tiny_data, tmp_path, capsys):
+    result = _train_script.train(tiny_data, tmp_path / "run", epochs=2, resume=False)
+    assert f"kept the weights of the best epoch, {result.fit.best_epoch} of 2 (val_loss " in capsys.readouterr().err

@@ -161,8 +161,12 @@ def test_float_probabilities_sum_to_one(run_dir, tmp_path):
     assert np.isnan(probs[:, no_obs]).all()
 
 
-def test_cog_output(run_dir, tmp_path):
-    _map(run_dir, tmp_path, cog=True)
+def test_cog_output_by_default(run_dir, tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    _map(run_dir, tmp_path, confidence=tmp_path / "c.tif")
+    for name in ("map.tif", "c.tif"):
+        assert cog_validate(str(tmp_path / name))[:2] == (True, [])
     with rasterio.open(tmp_path / "map.tif") as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert ds.colormap(1)[2][:3] == (0x33, 0xa0, 0x2c)

@@ -89,3 +89,28 @@ def test_float32_thresholds_split_exactly_as_float64():
     floor = rf.float32_floor(thresholds)
     assert floor.dtype == np.float32
     np.testing.assert_array_equal(x[:, None] <= thresholds[None, :], x[:, None] <= floor[None, :])
+
+
+def test_sklearn_and_torch_engines_agree(fitted, toy_pixel_series):
+    model, _, _ = fitted
+    x = model.features(collate(toy_pixel_series(60, seed=6), compact=True))
+    by_torch = model.probabilities(x, engine="torch")
+    by_sklearn = model.probabilities(x, engine="sklearn")
+    assert by_sklearn.dtype == torch.float32 and by_sklearn.shape == (60, 3)
+    torch.testing.assert_close(by_sklearn, by_torch, atol=1e-6, rtol=0)
+    assert torch.equal(model.probabilities(x), by_sklearn)       # CPU default: scikit-learn
+    assert model.sklearn_forest().n_features_in_ == x.shape[1]
+
+
+def test_loaded_weights_replace_the_cached_forest(fitted, toy_pixel_series):
+    model, hparams, _ = fitted
+    x = model.features(collate(toy_pixel_series(30, seed=7), compact=True))
+    copy = rf.build(hparams, INFO)
+    copy.load_state_dict(model.state_dict())
+    before = copy.probabilities(x)
+    torch.testing.assert_close(before, model.probabilities(x))
+    state = model.state_dict()
+    state["value"] = state["value"].flip(-1)                     # classes reversed in every leaf
+    copy.load_state_dict(state)
+    torch.testing.assert_close(copy.probabilities(x), before.flip(-1))
+    torch.testing.assert_close(copy.probabilities(x, engine="torch"), before.flip(-1))

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import band_list
+from sitscli.cli.common import COG_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.io import require_exists
@@ -37,6 +37,7 @@ def change_detect_command(
     dates_a: Optional[str] = typer.Option(None, "--dates-a", help="Read A only from START:END (YYYY-MM-DD; either end may be empty)."),
     dates_b: Optional[str] = typer.Option(None, "--dates-b", help="Read B only from START:END, e.g. the next year of the same folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
+    cog: Optional[bool] = COG_OPTION,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -49,7 +50,7 @@ def change_detect_command(
     flags = {
         "model": model, "method": method, "threshold": threshold, "binary_out": binary_out, "reference": reference,
         "reference_field": reference_field, "roc_out": roc_out, "patch": patch, "overlap": overlap, "block": block,
-        "batch_size": batch_size, "device": device, "overwrite": overwrite,
+        "batch_size": batch_size, "device": device, "cog": cog, "overwrite": overwrite,
         "date_range_a": parse_date_range(dates_a), "date_range_b": parse_date_range(dates_b),
         "bands": band_list(bands),
     }

@@ -1,12 +1,19 @@
-"""What several command modules share: parsing of list and key=value options, the end of a training run."""
+"""What several command modules share: parsing of list and key=value options, the end of a training run,
+options that every raster command takes."""
 
 from __future__ import annotations
 
+import typer
 import yaml
 
 from sitscli.core.errors import ConfigError
 from sitscli.core.progress import log
 from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
+
+
+# Every command writing rasters: COGs by default (sitscli.mapping.geotiff.finish).
+COG_OPTION = typer.Option(None, "--cog/--no-cog", help="Write Cloud Optimized GeoTIFFs with overviews (default; "
+                          "--no-cog: plain tiled GeoTIFFs).")
 
 
 def band_list(text: str | None) -> list[str] | None:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import band_list
+from sitscli.cli.common import COG_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.io import require_exists
 
@@ -27,6 +27,7 @@ def embed_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per forward pass (default 8)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="Band names of a stack that does not name them."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
+    cog: Optional[bool] = COG_OPTION,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace an existing output."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -36,7 +37,7 @@ def embed_command(
 
     require_exists(source, "input")
     flags = {"format": format, "patch": patch, "overlap": overlap, "block": block, "batch_size": batch_size,
-             "device": device, "overwrite": overwrite,
+             "device": device, "cog": cog, "overwrite": overwrite,
              "bands": band_list(bands)}
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = embed(source, model=model, out=out, **options)

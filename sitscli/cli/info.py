@@ -77,7 +77,11 @@ def _run(d: dict) -> list[Section]:
         about.append(["reference date", d["reference_date"]])
     sections = [("run", None, about)]
     if d["classes"]:
-        sections.append(("classes", ["id", "name"], [[str(i), n] for i, n in enumerate(d["classes"])]))
+        if "class_codes" in d:
+            rows = [[str(i), str(c), n] for i, (c, n) in enumerate(zip(d["class_codes"], d["classes"]))]
+            sections.append(("classes", ["id", "code (map value)", "name"], rows))
+        else:
+            sections.append(("classes", ["id", "name"], [[str(i), n] for i, n in enumerate(d["classes"])]))
     sections.append(("hyper-parameters", None, [[k, json.dumps(v)] for k, v in d["hparams"].items()]))
     if d.get("metrics"):
         sections.append(("metrics", None, [[k, f"{v:.4g}"] for k, v in d["metrics"].items()]))

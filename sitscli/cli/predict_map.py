@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import band_list
+from sitscli.cli.common import COG_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
@@ -21,7 +21,8 @@ from sitscli.core.progress import log
 def predict_map_command(
     source: Path = typer.Argument(..., help="Sentinel-2 L2A folder (SAFE, Theia, per-band COGs) or a GeoTIFF stack."),
     model: Path = typer.Option(..., "--model", "-m", help="Classifier run directory (from sits finetune)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Class map GeoTIFF to write (class ids, colour table, class names)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Class map GeoTIFF to write (class codes or ids, colour table, "
+                             "class names; MAP.qml and MAP.clr legends beside it)."),
     probabilities: Optional[Path] = typer.Option(None, "--probabilities", help="Also write one probability band per class."),
     confidence: Optional[Path] = typer.Option(None, "--confidence", help="Also write the largest class probability."),
     prob_dtype: Optional[str] = typer.Option(None, "--prob-dtype", help="uint8 (percent, scale 0.01; default) or float32."),
@@ -33,7 +34,9 @@ def predict_map_command(
                                         "Memory is about 3 x dates x bands x block^2 x 4 bytes."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Pixels per forward pass (default 2048)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
-    cog: Optional[bool] = typer.Option(None, "--cog/--no-cog", help="Write Cloud Optimized GeoTIFFs (with overviews)."),
+    cog: Optional[bool] = COG_OPTION,
+    colors: Optional[Path] = typer.Option(None, "--colors", help="Class colours for the map: CSV lines code_or_name,#rrggbb, "
+                                          "a QGIS style (.qml) or a colour map (.clr); default: the run's colours."),
     compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
@@ -47,7 +50,7 @@ def predict_map_command(
     flags = {
         "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
         "bands": band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
-        "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress,
+        "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress, "colors": colors,
         "resume": resume, "overwrite": overwrite,
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)

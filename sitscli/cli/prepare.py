@@ -43,6 +43,8 @@ _OVERWRITE = typer.Option(None, "--overwrite/--no-overwrite", help="Replace an e
 _CONFIG = typer.Option(None, "--config", help="YAML file of options (keys as the long flags with _); flags win. "
                        "A dataset's config.yaml prepares it again.")
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
+_COLORS = typer.Option(None, "--colors", help="Class colours: CSV lines code_or_name,#rrggbb, a QGIS style (.qml) "
+                       "or a colour map (.clr); default: land-cover colours from the class names.")
 _FRACTIONS = typer.Option(None, "--fractions", help="Train,val,test shares of the groups (default 0.7,0.15,0.15).")
 
 
@@ -59,7 +61,7 @@ def _run(source: str, flags: dict[str, Any], config_file: Optional[Path], as_jso
 
 def _dataset_lines(path: Path, s: dict) -> list[str]:
     splits = ", ".join(f"{name} {n}" for name, n in s["splits"].items())
-    names = [c["name"] for c in s["classes"]]
+    names = [f"{c['code']} {c['name']}" if "code" in c else c["name"] for c in s["classes"]]
     return [f"dataset: {path} ({s['mode']}, {s['samples']} samples, {s['time_steps']} dates, {len(s['bands'])} bands)",
             f"samples per split: {splits}",
             f"classes ({len(names)}): {', '.join(names)}"]
@@ -81,6 +83,9 @@ def prepare_s2_command(
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Vector labels (GeoPackage, shapefile, GeoJSON)."),
     class_field: Optional[str] = typer.Option(None, "--class-field", "-c", help="Attribute holding the class name."),
     color_field: Optional[str] = typer.Option(None, "--color-field", help="Attribute holding a #rrggbb colour per class."),
+    code_field: Optional[str] = typer.Option(None, "--code-field", help="Attribute holding each class's code (e.g. LULC_ID): "
+                                             "maps store these codes instead of ids 0..K-1."),
+    colors: Optional[Path] = _COLORS,
     bands: Optional[str] = typer.Option(None, "--bands", help="Bands to keep, e.g. B02,B03,B04,B08 (default: the 10 bands B02-B12 without B09/B10)."),
     aoi: Optional[str] = typer.Option(None, "--aoi", help="LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file whose extent is used."),
     dates: Optional[str] = typer.Option(None, "--dates", help="Acquisitions in START:END (YYYY-MM-DD, either end may be empty)."),
@@ -98,6 +103,7 @@ def prepare_s2_command(
 ) -> None:
     """Sentinel-2 L2A time series + vector labels -> pixel (or patch) samples with train/val/test splits."""
     _run("s2", {"folder": folder, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
+                "code_field": code_field, "colors": colors,
                 "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "valid_scl": valid_scl, "buffer": buffer,
                 "max_per_polygon": max_per_polygon, "unlabeled": unlabeled, "patch_size": patch_size,
                 "fractions": fractions, "seed": seed, "overwrite": overwrite}, config_file, as_json)
@@ -149,6 +155,9 @@ def prepare_table_command(
     band_cols: Optional[str] = typer.Option(None, "--band-cols", help="Band columns (long) or band names (wide), comma-separated (default: every band found)."),
     lon_col: Optional[str] = typer.Option(None, "--lon-col", help="Longitude column."),
     lat_col: Optional[str] = typer.Option(None, "--lat-col", help="Latitude column."),
+    code_col: Optional[str] = typer.Option(None, "--code-col", "--code-field", help="Column of class codes (one per class): "
+                                           "maps store these codes instead of ids 0..K-1."),
+    colors: Optional[Path] = _COLORS,
     fractions: Optional[str] = _FRACTIONS,
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
@@ -158,6 +167,7 @@ def prepare_table_command(
     """A table of samples (sits in R, GEE exports) -> a prepared dataset."""
     _run("table", {"csv": csv, "out": out, "layout": layout, "id_col": id_col, "date_col": date_col,
                    "label_col": label_col, "band_cols": band_cols, "lon_col": lon_col, "lat_col": lat_col,
+                   "code_col": code_col, "colors": colors,
                    "fractions": fractions, "seed": seed, "overwrite": overwrite}, config_file, as_json)
 
 

@@ -9,7 +9,7 @@ a time, so memory follows the number of samples and never the area of the tile.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,7 +24,7 @@ from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import require_exists
 from sitscli.core.progress import log
 from sitscli.data.cube import Grid
-from sitscli.data.prepared import default_class_colors
+from sitscli.core.legend import class_codes, default_colors, order_by_code
 
 NO_POLYGON = -1  # polygon index of pixels covered by no polygon
 UNLABELED = -1   # class id of unlabelled pixels (as `y` in the prepared format)
@@ -41,6 +41,8 @@ class Labels:
     position in the vector file, so a sample can be traced back to its feature), `class_id`
     (index into `class_names`) and `geometry` (shrunk by the inward buffer when one was asked).
     `footprint` holds the unbuffered geometries: pixels under it are never drawn as unlabelled.
+    `class_codes` holds each class's code from the code field (classes then ordered by code), or is
+    empty when no code field was given.
     """
 
     polygons: gpd.GeoDataFrame
@@ -49,6 +51,7 @@ class Labels:
     class_colors: list[str]
     class_field: str
     source: Path
+    class_codes: list[int] = field(default_factory=list)
 
     @property
     def class_of_polygon(self) -> dict[int, int]:
@@ -58,8 +61,8 @@ class Labels:
 # ----------------------------------------------------------------------------------- reading
 
 def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[float, float, float, float] | None = None,
-                buffer: float = 0.0, color_field: str | None = None, layer: str | None = None,
-                field_option: str = "--class-field") -> Labels:
+                buffer: float = 0.0, color_field: str | None = None, code_field: str | None = None,
+                layer: str | None = None, field_option: str = "--class-field") -> Labels:
     """Read a vector file of labelled polygons and bring it onto the raster CRS.
 
     Args:
@@ -69,13 +72,17 @@ def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[f
         bounds: (left, bottom, right, top) of the raster in `crs`; labels outside them are an error.
         buffer: inward buffer in metres (CRS units) that drops mixed pixels along polygon borders.
         color_field: attribute holding "#rrggbb" class colours; by default a field named
-            color/colour is used when there is one, else a fixed palette.
+            color/colour is used when there is one, else land-cover aware defaults (from the names).
+        code_field: attribute holding each class's code in the source nomenclature (e.g. LULC_ID
+            beside LULC_NAME): kept so that maps store the codes; one code per class.
         layer: layer of a multi-layer file (default: the first).
         field_option: the command's option naming the class field (said in errors).
     """
     path = require_exists(path, "labels file")
     frame = _read_vector(path, layer)
     _check_field(frame, class_field, path, field_option)
+    if code_field is not None:
+        _check_field(frame, code_field, path, "--code-field")
     frame = frame.reset_index(drop=True)
     frame["polygon_id"] = np.arange(len(frame), dtype=np.int64)
     frame = _drop_unusable(frame, class_field, path)
@@ -83,12 +90,16 @@ def read_labels(path: str | Path, class_field: str, *, crs: CRS, bounds: tuple[f
     if bounds is not None:
         _check_overlap(frame, bounds, path)
     names, ids = _class_ids(frame[class_field])
+    codes: list[int] = []
+    if code_field is not None:
+        codes = class_codes(ids, frame[code_field].tolist(), names, field=code_field, where=f"labels {path.name}")
+        names, codes, ids = order_by_code(names, codes, ids)
     frame["class_id"] = ids
     colors = _class_colors(frame, names, color_field)
     footprint = frame.geometry.copy()
     frame = _shrink(frame, buffer, crs)
     polygons = gpd.GeoDataFrame(frame[["polygon_id", "class_id"]], geometry=frame.geometry.values, crs=frame.crs)
-    return Labels(polygons, footprint, names, colors, class_field, path)
+    return Labels(polygons, footprint, names, colors, class_field, path, codes)
 
 
 def read_points(path: str | Path, class_field: str, *, crs: CRS, layer: str | None = None,
@@ -117,7 +128,8 @@ def read_points(path: str | Path, class_field: str, *, crs: CRS, layer: str | No
 def _check_field(frame: gpd.GeoDataFrame, class_field: str, path: Path, field_option: str) -> None:
     if class_field not in frame.columns:
         fields = ", ".join(c for c in frame.columns if c != frame.geometry.name) or "none"
-        raise ConfigError(f"class field {class_field!r} is not in {path.name}: the fields are {fields} (pass one with {field_option})")
+        what = field_option.strip("-").replace("-", " ")
+        raise ConfigError(f"{what} {class_field!r} is not in {path.name}: the fields are {fields} (pass one with {field_option})")
 
 
 def _read_vector(path: Path, layer: str | None) -> gpd.GeoDataFrame:
@@ -191,7 +203,7 @@ def _class_ids(values: pd.Series) -> tuple[list[str], np.ndarray]:
 
 def _class_colors(frame: gpd.GeoDataFrame, names: list[str], color_field: str | None) -> list[str]:
     """One "#rrggbb" per class: the first valid colour of the class in the colour field, else the default palette."""
-    fallback = default_class_colors(len(names))
+    fallback = default_colors(names)
     if color_field is None:
         color_field = next((c for c in frame.columns if str(c).lower() in _COLOR_FIELDS), None)
     elif color_field not in frame.columns:

@@ -33,6 +33,7 @@ from sitscli.core.config import dump_yaml
 from sitscli.core.dates import iso
 from sitscli.core.errors import DataContentError, DataFormatError
 from sitscli.core.io import atomic_output, require_exists
+from sitscli.core.legend import default_colors
 from sitscli.models.registry import DataInfo
 
 SPLITS = ("train", "val", "test", "unlabeled")
@@ -47,15 +48,6 @@ def dataset_path(path) -> Path:
     """The `.sits` directory for `path` (the suffix is added when missing)."""
     p = Path(path)
     return p if p.suffix == ".sits" else p.with_name(p.name + ".sits")
-
-
-def default_class_colors(n: int) -> list[str]:
-    """n distinct "#rrggbb" colours (matplotlib's tab20, repeated past 20 classes)."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    cmap = colormaps["tab20"]
-    return [to_hex(cmap(i % 20)) for i in range(n)]
 
 
 class _BandMoments:
@@ -92,7 +84,7 @@ class PreparedWriter:
     chunk whatever the dataset size.
     """
 
-    def __init__(self, path, *, n_time: int, band_names, class_names, class_colors=None, sensor: str, source: str,
+    def __init__(self, path, *, n_time: int, band_names, class_names, class_colors=None, class_codes=None, sensor: str, source: str,
                  mode: str = "pixel", patch_size: int | None = None, crs: str = "", config: dict | None = None,
                  overwrite: bool = False, chunk_samples: int = 4096):
         if mode not in ("pixel", "patch"):
@@ -101,9 +93,12 @@ class PreparedWriter:
             raise ValueError("patch mode needs a patch_size")
         if n_time < 1:
             raise ValueError("n_time must be >= 1")
-        class_colors = list(class_colors) if class_colors is not None else default_class_colors(len(class_names))
+        class_colors = list(class_colors) if class_colors is not None else default_colors([str(c) for c in class_names])
         if len(class_colors) != len(class_names):
             raise ValueError("one colour per class is needed")
+        self.class_codes = [int(c) for c in class_codes or []]  # source codes (map pixel values), [] = none
+        if self.class_codes and len(self.class_codes) != len(class_names):
+            raise ValueError("one code per class is needed")
         self.path = dataset_path(path)
         self.n_time, self.mode, self.crs = int(n_time), mode, crs
         self.patch_size = int(patch_size) if mode == "patch" else None
@@ -286,6 +281,7 @@ class PreparedWriter:
         return {
             "format_version": FORMAT_VERSION, "sitscli_version": __version__,
             "band_names": self.band_names, "class_names": self.class_names, "class_colors": self.class_colors,
+            "class_codes": self.class_codes,
             "sensor": self.sensor, "source": self.source, "mode": self.mode, "patch_size": self.patch_size or 0,
             "crs": self.crs, "band_mean": [round(float(v), 6) for v in moments.mean],
             "band_std": [round(float(v), 6) for v in moments.std],
@@ -309,6 +305,7 @@ class Prepared:
         self.band_names: list[str] = list(a["band_names"])
         self.class_names: list[str] = list(a["class_names"])
         self.class_colors: list[str] = list(a["class_colors"])
+        self.class_codes: list[int] = [int(c) for c in a.get("class_codes", [])]  # absent before codes were kept
         self.mode: str = a["mode"]
         self.patch_size: int | None = int(a["patch_size"]) or None
         self.crs: str = a["crs"]
@@ -355,8 +352,10 @@ class Prepared:
 
     def info(self) -> DataInfo:
         a = self.ds.attrs
+        period = [a["date_min"], a["date_max"]] if a.get("date_min") is not None else []
         return DataInfo(band_names=self.band_names, band_mean=list(a["band_mean"]), band_std=list(a["band_std"]),
-                        class_names=self.class_names, class_colors=self.class_colors, reference_date=a.get("date_min"))
+                        class_names=self.class_names, class_colors=self.class_colors, reference_date=a.get("date_min"),
+                        class_codes=self.class_codes, train_period=period)
 
     def summary(self) -> dict:
         """What `sits info` prints: sizes, dates, classes per split, band statistics."""
@@ -373,7 +372,8 @@ class Prepared:
             "band_stats": {"from_split": a["band_stats_from"],
                            "mean": dict(zip(self.band_names, a["band_mean"])),
                            "std": dict(zip(self.band_names, a["band_std"]))},
-            "classes": [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))],
+            "classes": [{"id": i, "name": n, "color": c, **({"code": self.class_codes[i]} if self.class_codes else {})}
+                        for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))],
             "class_counts": {s: dict(c) for s, c in a["class_counts"].items()},
             "crs": self.crs,
             "fingerprint": self.fingerprint,

@@ -377,6 +377,9 @@ class _Run:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         if self.ctx.is_main:
+            if self.best_state is not None:
+                log(f"kept the weights of the best epoch, {self.best_epoch} of {len(self.history)} "
+                    f"({self.monitor} {self.best_metric:.4g})")
             self._write_history()
         return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False)
 

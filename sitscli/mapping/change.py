@@ -271,8 +271,9 @@ def _pixels(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
 # ------------------------------------------------------------------------------- writing
 
 def write_blocks(grid: Grid, path: Path, spec: RasterSpec, compute: Callable[[Window], np.ndarray], *, block: int,
-                 overwrite: bool, label: str) -> int:
-    """Write a GeoTIFF block by block from `compute(window) -> (count, h, w)` (NaN = nodata), atomically.
+                 overwrite: bool, label: str, cog: bool = True) -> int:
+    """Write a GeoTIFF block by block from `compute(window) -> (count, h, w)` (NaN = nodata), atomically,
+    made a COG at the end unless `cog` is False (see `geotiff.finish`).
 
     Tiles are block x block (band-interleaved when many bands), so each block fills whole tiles and
     nothing is rewritten. Returns the number of pixels with a result.
@@ -291,7 +292,7 @@ def write_blocks(grid: Grid, path: Path, spec: RasterSpec, compute: Callable[[Wi
         if mapped == 0:
             raise DataContentError(f"no pixel has {MIN_VALID_DATES} valid dates in the input(s): nothing to write "
                                    "(check the cloud masks, the dates or the area)")
-        geotiff.finish(tmp, final, spec)
+        geotiff.finish(tmp, final, spec, cog=cog)
     except BaseException:
         geotiff.discard(tmp)
         raise
@@ -412,7 +413,7 @@ def raster_otsu(path: Path, block: int, bins: int = 256) -> float:
 
 
 def binary_map(distance_path: Path, threshold: float, *, grid: Grid, block: int, out: Path, overwrite: bool,
-               tags: dict[str, str]) -> float:
+               tags: dict[str, str], cog: bool = True) -> float:
     """Write the change map (uint8: 1 change where distance > threshold, 0 no change, 255 nodata) with a
     legend; returns the changed fraction of the pixels with a distance."""
     spec = geotiff.class_map_spec(*BINARY_CLASSES, tags={**tags, "SITS_THRESHOLD": repr(float(threshold))})
@@ -425,7 +426,7 @@ def binary_map(distance_path: Path, threshold: float, *, grid: Grid, block: int,
         counts[:] += [(out_block == 0).sum(), (out_block == 1).sum()]
         return out_block[None]
 
-    write_blocks(grid, out, spec, compute, block=block, overwrite=overwrite, label="binary map")
+    write_blocks(grid, out, spec, compute, block=block, overwrite=overwrite, label="binary map", cog=cog)
     return float(counts[1] / max(1, counts.sum()))
 
 

@@ -2,15 +2,26 @@
 
 Every raster is tiled (512 x 512), compressed with a predictor (2 = horizontal differencing for
 integers, 3 = floating point), BigTIFF when needed, and carries the input grid's CRS and transform.
+Finished rasters are Cloud Optimized GeoTIFFs by default (`finish(..., cog=True)`): the same 512
+tiles, internal overviews down to one tile (built with "mode" for class maps, so an overview pixel
+is the most frequent class, and "average" for scores and probabilities), the IFDs ahead of the
+image data. `cog=False` keeps the plain tiled GeoTIFF.
 
-A class map also carries what a GIS needs to show it as a legend without any styling by hand:
+A class map's pixel values are the class codes when the run has them (`DataInfo.class_codes`),
+else the class ids 0..K-1; nodata is the largest value of the type (255 for uint8, 65535 for
+uint16), which a code never is (codes are limited to 0..65534, and uint8 is chosen only when
+every code is below 255). A class map also carries what a GIS needs to show it with its legend
+without any styling by hand:
 - the colour table inside the TIFF (`write_colormap`; QGIS opens a one-band paletted raster with
   its "Paletted/Unique values" renderer from it);
 - the class names: as GDAL category names and a thematic raster attribute table (RAT) in the PAM
   sidecar `MAP.tif.aux.xml`, because the GeoTIFF driver has no place for them inside the TIFF
   and QGIS (3.30+) labels classes from the RAT / category names it finds there. They are also
-  repeated inside the TIFF as tags (`CLASS_NAMES`, `CLASS_COLORS`, JSON lists) so a copy of the
-  .tif alone still names its classes.
+  repeated inside the TIFF as tags (`CLASS_NAMES`, `CLASS_COLORS`, `CLASS_CODES`, JSON lists) so a
+  copy of the .tif alone still names its classes (`read_legend`);
+- `MAP.qml`, a QGIS style with the paletted renderer (value, colour, name per class), which QGIS
+  loads as the layer's default style, and `MAP.clr`, the same legend as a colour map file.
+The sidecars are written under temporary names and renamed just before the map itself.
 
 Writers used by resumable jobs open the file for each window (`write_window`): closing the
 dataset after every window puts the tiles and the TIFF directory on disk, so a process killed at
@@ -32,6 +43,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from sitscli.core.errors import ConfigError
+from sitscli.core.legend import LEGEND_MARK, MAX_CODE, clr_text, default_colors, parse_color, pixel_values, qml_text
 from sitscli.core.io import check_output, temporary_sibling
 from sitscli.data.cube import Grid
 
@@ -51,8 +63,9 @@ class RasterSpec:
         tags: dataset-level metadata written into the TIFF.
         scale: GDAL scale factor of every band (value * scale = physical value), e.g. 0.01 for
             probabilities stored as percent.
-        class_names / class_colors: set for a class map (one band of class ids 0..K-1).
-        overview_resampling: how COG overviews are built ("nearest" for classes, "average" otherwise).
+        class_names / class_colors: set for a class map (one band of class values).
+        class_values: the pixel value of each class (its code, or its id 0..K-1 when None).
+        overview_resampling: how COG overviews are built ("mode" for classes, "average" otherwise).
     """
 
     count: int
@@ -63,41 +76,47 @@ class RasterSpec:
     scale: float | None = None
     class_names: list[str] | None = None
     class_colors: list[str] | None = None
+    class_values: list[int] | None = None
     overview_resampling: str = "average"
 
     @property
     def is_class_map(self) -> bool:
         return self.class_names is not None
 
+    @property
+    def values(self) -> list[int]:
+        """The pixel value of each class."""
+        return pixel_values(len(self.class_names or []), self.class_values)
 
-def class_id_type(num_classes: int) -> tuple[str, int]:
-    """Smallest unsigned type holding ids 0..K-1 plus a nodata value (its largest value)."""
-    return ("uint8", 255) if num_classes <= 255 else ("uint16", 65535)
+
+def class_value_type(largest: int) -> tuple[str, int]:
+    """Smallest unsigned type holding class values 0..largest plus a nodata value (its largest value)."""
+    if largest < 255:
+        return "uint8", 255
+    if largest <= MAX_CODE:
+        return "uint16", 65535
+    raise ConfigError(f"class value {largest} does not fit a class map: class codes must be 0..{MAX_CODE}")
 
 
-def class_map_spec(class_names: Sequence[str], class_colors: Sequence[str] | None, tags: dict | None = None) -> RasterSpec:
-    dtype, nodata = class_id_type(len(class_names))
-    colors = list(class_colors or []) or default_colors(len(class_names))
-    all_tags = {"CLASS_NAMES": json.dumps(list(class_names)), "CLASS_COLORS": json.dumps(colors), **(tags or {})}
+def legend_tags(class_names: Sequence[str], class_colors: Sequence[str],
+                class_codes: Sequence[int] | None) -> dict[str, str]:
+    """TIFF tags naming the classes (JSON lists), so a raster alone keeps its legend."""
+    tags = {"CLASS_NAMES": json.dumps(list(class_names)), "CLASS_COLORS": json.dumps(list(class_colors))}
+    if class_codes:
+        tags["CLASS_CODES"] = json.dumps([int(c) for c in class_codes])
+    return tags
+
+
+def class_map_spec(class_names: Sequence[str], class_colors: Sequence[str] | None, tags: dict | None = None, *,
+                   class_codes: Sequence[int] | None = None) -> RasterSpec:
+    """A one-band class map: pixel values the codes (when given) or ids 0..K-1, nodata never a value."""
+    values = pixel_values(len(class_names), class_codes)
+    dtype, nodata = class_value_type(max(values, default=0))
+    colors = list(class_colors or []) or default_colors(class_names)
+    all_tags = {**legend_tags(class_names, colors, class_codes), **(tags or {})}
     return RasterSpec(count=1, dtype=dtype, nodata=nodata, descriptions=["class"], tags=all_tags,
-                      class_names=list(class_names), class_colors=colors, overview_resampling="nearest")
-
-
-def default_colors(n: int) -> list[str]:
-    """A fixed qualitative palette (matplotlib tab20, cycled) for runs that carry no class colours."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
-    return ["#{:02x}{:02x}{:02x}".format(*(int(round(255 * c)) for c in cmap(i % 20)[:3])) for i in range(n)]
-
-
-def parse_color(text: str) -> tuple[int, int, int, int]:
-    """'#rrggbb' (or '#rrggbbaa') -> (r, g, b, a)."""
-    value = text.strip().lstrip("#")
-    if len(value) not in (6, 8) or any(c not in "0123456789abcdefABCDEF" for c in value):
-        raise ConfigError(f"class colour {text!r} is not a '#rrggbb' colour: fix the class colours of the run")
-    rgba = [int(value[i:i + 2], 16) for i in range(0, len(value), 2)]
-    return tuple(rgba + [255] * (4 - len(rgba)))  # type: ignore[return-value]
+                      class_names=list(class_names), class_colors=colors,
+                      class_values=list(values) if class_codes else None, overview_resampling="mode")
 
 
 def profile(grid: Grid, spec: RasterSpec, compress: str = "deflate") -> dict:
@@ -127,8 +146,8 @@ def create(path: Path, grid: Grid, spec: RasterSpec, compress: str = "deflate") 
 
 
 def colormap(spec: RasterSpec) -> dict[int, tuple[int, int, int, int]]:
-    """Class id -> RGBA, nodata transparent."""
-    table = {i: parse_color(c) for i, c in enumerate(spec.class_colors or [])}
+    """Class value -> RGBA, nodata transparent."""
+    table = {v: parse_color(c) for v, c in zip(spec.values, spec.class_colors or [])}
     table[int(spec.nodata)] = (0, 0, 0, 0)
     return table
 
@@ -139,29 +158,69 @@ def write_window(path: Path, window: Window, data: np.ndarray) -> None:
         ds.write(data, window=window)
 
 
-def finish(tmp: Path, final: Path, spec: RasterSpec, *, cog: bool = False, compress: str = "deflate") -> None:
-    """Move a complete temporary raster to its final name (as a COG if asked) plus its sidecar.
+def finish(tmp: Path, final: Path, spec: RasterSpec, *, cog: bool = True, compress: str = "deflate") -> None:
+    """Move a complete temporary raster to its final name, as a COG unless `cog` is False, with its
+    sidecars (class maps: PAM legend, .qml, .clr; other rasters: stale sidecars removed).
 
-    The COG is built from `tmp` into another temporary name, so the final name only ever holds a
-    complete file.
+    The COG is built from `tmp` into another temporary name and the sidecars are written under
+    temporary names too; everything is renamed into place at the end, the raster last, so the final
+    name only ever holds a complete file.
     """
     if cog:
         cog_tmp = tmp.with_name(tmp.name + ".cog")
-        rasterio.shutil.copy(tmp, cog_tmp, driver="COG", compress=compress, predictor="yes",
-                             blocksize=TILE, overview_resampling=spec.overview_resampling, bigtiff="if_safer")
+        rasterio.shutil.copy(tmp, cog_tmp, driver="COG", compress=compress, predictor="yes", blocksize=TILE,
+                             overview_resampling=spec.overview_resampling, bigtiff="if_safer", **_cog_interleave(spec))
         os.replace(cog_tmp, tmp)
-    sidecar = final.with_name(final.name + ".aux.xml")
-    if spec.is_class_map:
-        sidecar_tmp = tmp.with_name(tmp.name + ".aux.xml")
-        sidecar_tmp.write_text(pam_categories(spec))
-        os.replace(sidecar_tmp, sidecar)
-    else:
-        sidecar.unlink(missing_ok=True)  # a stale legend from an overwritten class map
+    moves = []
+    for suffix, text in _sidecars(spec).items():
+        target = sidecar_path(final, suffix)
+        if text is None:
+            if suffix == ".aux.xml" or _written_by_us(target):
+                target.unlink(missing_ok=True)  # a stale legend from an overwritten class map
+            continue
+        staged = sidecar_path(tmp, suffix)
+        staged.write_text(text)
+        moves.append((staged, target))
+    for staged, target in moves:
+        os.replace(staged, target)
     os.replace(tmp, final)
 
 
+def _cog_interleave(spec: RasterSpec) -> dict[str, str]:
+    """Band interleaving for many-band rasters (embeddings), as the plain writer does, where the COG
+    driver has it (GDAL 3.11+); older GDALs write pixel-interleaved COGs."""
+    gdal = tuple(int(p) for p in rasterio.__gdal_version__.split(".")[:2])
+    return {"interleave": "band"} if spec.count > 4 and gdal >= (3, 11) else {}
+
+
+SIDECARS = (".aux.xml", ".qml", ".clr")
+
+
+def sidecar_path(raster: Path, suffix: str) -> Path:
+    """MAP.tif.aux.xml (GDAL's PAM name), MAP.qml (QGIS's default style name) and MAP.clr."""
+    return raster.with_name(raster.name + suffix) if suffix == ".aux.xml" else raster.with_suffix(suffix)
+
+
+def _written_by_us(path: Path) -> bool:
+    """A .qml / .clr that `finish` wrote (a user's own style for a score raster is left alone)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return LEGEND_MARK in f.read(512)
+    except OSError:
+        return False
+
+
+def _sidecars(spec: RasterSpec) -> dict[str, str | None]:
+    """Sidecar text by suffix; None = none for this raster."""
+    if not spec.is_class_map:
+        return dict.fromkeys(SIDECARS)
+    names, colors, values = spec.class_names or [], spec.class_colors or [], spec.values
+    return {".aux.xml": pam_categories(spec), ".qml": qml_text(values, names, colors),
+            ".clr": clr_text(values, names, colors)}
+
+
 def write_raster(path: Path, data: np.ndarray, grid: Grid, spec: RasterSpec, *, overwrite: bool = False,
-                 cog: bool = False, compress: str = "deflate") -> None:
+                 cog: bool = True, compress: str = "deflate") -> None:
     """Write a whole (count, H, W) array as one raster, atomically (for outputs that fit in memory)."""
     final = check_output(path, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -177,38 +236,67 @@ def write_raster(path: Path, data: np.ndarray, grid: Grid, spec: RasterSpec, *, 
 
 def discard(tmp: Path) -> None:
     """Remove a temporary raster and what `finish` may have left beside it."""
-    for p in (tmp, tmp.with_name(tmp.name + ".cog"), tmp.with_name(tmp.name + ".aux.xml")):
+    for p in (tmp, tmp.with_name(tmp.name + ".cog"), *(sidecar_path(tmp, suffix) for suffix in SIDECARS)):
         p.unlink(missing_ok=True)
 
 
 def pam_categories(spec: RasterSpec) -> str:
     """GDAL PAM XML for band 1: category names and a thematic RAT (value, class name, RGBA).
 
-    RAT field types: 0 integer, 2 string; usages: 5 MinMax (the pixel value), 2 Name, 6-9 R/G/B/A
-    (GDAL's GDALRATFieldType / GDALRATFieldUsage enums).
+    Category names are indexed by pixel value (GDAL's rule), so with codes the list has a blank
+    name for every value between them. RAT field types: 0 integer, 2 string; usages: 5 MinMax
+    (the pixel value), 2 Name, 6-9 R/G/B/A (GDAL's GDALRATFieldType / GDALRATFieldUsage enums).
     """
-    names = spec.class_names or []
+    names, values = spec.class_names or [], spec.values
+    by_value = dict(zip(values, names))
     fields = [("Value", 0, 5), ("Class_Name", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
     lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', "    <CategoryNames>"]
-    lines += [f"      <Category>{escape(n)}</Category>" for n in names]
+    lines += [f"      <Category>{escape(by_value.get(v, ''))}</Category>" for v in range(max(values, default=-1) + 1)]
     lines += ["    </CategoryNames>", '    <GDALRasterAttributeTable tableType="thematic">']
     for i, (name, ftype, usage) in enumerate(fields):
         lines.append(f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{ftype}</Type><Usage>{usage}</Usage></FieldDefn>')
-    for i, (name, color) in enumerate(zip(names, spec.class_colors or [])):
+    for row, (value, name, color) in enumerate(zip(values, names, spec.class_colors or [])):
         r, g, b, a = parse_color(color)
-        cells = "".join(f"<F>{v}</F>" for v in (i, escape(name), r, g, b, a))
-        lines.append(f'      <Row index="{i}">{cells}</Row>')
+        cells = "".join(f"<F>{v}</F>" for v in (value, escape(name), r, g, b, a))
+        lines.append(f'      <Row index="{row}">{cells}</Row>')
     lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
     return "\n".join(lines)
 
 
-def read_class_names(path: Path) -> list[str]:
-    """Class names of a class map, position = class id: from the TIFF tags written by `class_map_spec`,
-    else from the GDAL category names of band 1 in the PAM sidecar `MAP.tif.aux.xml` (as GDAL and
-    QGIS write them for other class maps; ids without a category are empty strings); [] if neither."""
+@dataclass
+class RasterLegend:
+    """The legend stored in a raster's tags: per class its pixel value, name and colour."""
+
+    values: list[int]
+    names: list[str]
+    colors: list[str]
+    codes: list[int] | None
+
+
+def read_legend(path: Path) -> RasterLegend:
+    """The classes stored in a class map (or a probability raster) by `legend_tags`."""
     with rasterio.open(path) as ds:
-        names = json.loads(ds.tags().get("CLASS_NAMES", "[]"))
-    return names or _pam_category_names(Path(path).with_name(Path(path).name + ".aux.xml"))
+        tags = ds.tags()
+    names = json.loads(tags.get("CLASS_NAMES", "[]"))
+    codes = json.loads(tags["CLASS_CODES"]) if "CLASS_CODES" in tags else None
+    colors = json.loads(tags.get("CLASS_COLORS", "[]")) or default_colors(names)
+    return RasterLegend(pixel_values(len(names), codes), names, colors, codes)
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names stored in a class map, in class-id order (the tags written by `class_map_spec`)."""
+    return read_legend(path).names
+
+
+def read_class_values(path: Path) -> dict[int, str]:
+    """Pixel value -> class name of a class map: from sitscli's legend tags (the values are the class
+    codes when the map carries them), else from the GDAL category names of band 1 in the PAM sidecar
+    `MAP.tif.aux.xml` (as GDAL and QGIS write them for other class maps); {} if neither."""
+    legend = read_legend(path)
+    if legend.names:
+        return dict(zip(legend.values, legend.names))
+    sidecar = Path(path).with_name(Path(path).name + ".aux.xml")
+    return {i: name for i, name in enumerate(_pam_category_names(sidecar)) if name}
 
 
 def _pam_category_names(sidecar: Path) -> list[str]:

@@ -199,10 +199,14 @@ class MapTarget:
 
 
 def class_ids(spec: RasterSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities (K, h, w) -> (1, h, w) the most probable class's pixel value (its code, or its
+    id), nodata where no observation."""
+    lookup = np.asarray(spec.values, dtype=np.int64)
+
     def encode(probs: np.ndarray) -> np.ndarray:
         observed = ~np.isnan(probs[0])
-        ids = np.where(observed, np.nan_to_num(probs).argmax(axis=0), spec.nodata)
-        return ids.astype(spec.dtype)[None]
+        values = np.where(observed, lookup[np.nan_to_num(probs).argmax(axis=0)], spec.nodata)
+        return values.astype(spec.dtype)[None]
     return encode
 
 
@@ -218,7 +222,7 @@ def scaled(spec: RasterSpec, reduce: Callable[[np.ndarray], np.ndarray] = lambda
 
 
 def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget], *, block: int,
-              fingerprint: dict, resume: bool = False, cog: bool = False, compress: str = "deflate",
+              fingerprint: dict, resume: bool = False, cog: bool = True, compress: str = "deflate",
               after_block: Callable[[int], None] | None = None, label: str = "predict-map") -> dict:
     """Classify `cube` block by block into `targets`, resumable, and move them into place.
 

@@ -99,6 +99,11 @@ class ProbabilityCube(Cube):
         colors = json.loads(self.tags.get("CLASS_COLORS", "null"))
         return colors if isinstance(colors, list) and len(colors) == self.num_classes else None
 
+    def class_codes(self) -> list[int] | None:
+        """The source class codes a class map of these classes stores (CLASS_CODES tag), when carried."""
+        codes = json.loads(self.tags.get("CLASS_CODES", "null"))
+        return codes if isinstance(codes, list) and len(codes) == self.num_classes else None
+
     def identity(self) -> dict:
         """What identifies the input for a resumed job: its path, size and modification time."""
         stat = os.stat(self.path)

@@ -318,17 +318,17 @@ def build_raw_ltae(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
 
 
 register(ModelSpec(
-    name="mtan-svgp", build=build_mtan_svgp, defaults=MTAN_SVGP_DEFAULTS, input="pixel", compact=True,
+    name="mtan-svgp", build=build_mtan_svgp, defaults=MTAN_SVGP_DEFAULTS, input="pixel", compact=True, day_of_year=True,
     description="mTAN interpolator + spatial encoding + sparse variational GP (Bellet et al. 2024), trained jointly"))
 register(ModelSpec(
-    name="gapfilled-svgp", build=build_gapfilled_svgp, defaults=GAPFILLED_SVGP_DEFAULTS, input="pixel", compact=True,
+    name="gapfilled-svgp", build=build_gapfilled_svgp, defaults=GAPFILLED_SVGP_DEFAULTS, input="pixel", compact=True, day_of_year=True,
     description="series linearly gap-filled on a 10-day grid + sparse variational GP (Bellet et al. 2024 baseline)"))
 register(ModelSpec(
-    name="mtan-mlp", build=build_mtan_mlp, defaults=MTAN_MLP_DEFAULTS, input="pixel", compact=True,
+    name="mtan-mlp", build=build_mtan_mlp, defaults=MTAN_MLP_DEFAULTS, input="pixel", compact=True, day_of_year=True,
     description="mTAN interpolator + MLP classifier (Bellet et al. 2024 comparison)"))
 register(ModelSpec(
-    name="mtan-ltae", build=build_mtan_ltae, defaults=MTAN_LTAE_DEFAULTS, input="pixel", compact=True,
+    name="mtan-ltae", build=build_mtan_ltae, defaults=MTAN_LTAE_DEFAULTS, input="pixel", compact=True, day_of_year=True,
     description="mTAN latent grid read by an L-TAE (Bellet et al. 2024 comparison)"))
 register(ModelSpec(
-    name="raw-ltae", build=build_raw_ltae, defaults=RAW_LTAE_DEFAULTS, input="pixel", compact=False,
+    name="raw-ltae", build=build_raw_ltae, defaults=RAW_LTAE_DEFAULTS, input="pixel", compact=False, day_of_year=True,
     description="L-TAE on raw observations, clouds included, with the validity mask as a channel (Bellet et al. 2024)"))

@@ -30,6 +30,9 @@ class DataInfo:
     class_names: list[str] = field(default_factory=list)
     class_colors: list[str] = field(default_factory=list)   # "#rrggbb", one per class
     reference_date: int | None = None  # days since epoch; models using days-since-reference need it
+    # Added later, so with defaults (checkpoints written before them still load):
+    class_codes: list[int] = field(default_factory=list)    # source code of each class (map pixel values); [] = ids
+    train_period: list[int] = field(default_factory=list)   # [first, last] date of the training data, days since epoch
 
     @property
     def num_bands(self) -> int:
@@ -57,6 +60,8 @@ class ModelSpec:
         direct_fit: for models not trained by gradient descent (random forest): a function
             (train_set, hparams, info, seed) -> fitted nn.Module that `sits finetune` calls instead of
             the engine. Such a module still predicts through `forward(batch)` and saves as safetensors.
+        day_of_year: the model places observations by day of year, so dates a year apart look
+            the same (a model with a `positions` hyper-parameter says so through it instead).
 
     A classifier module may also define `training_loss(batch) -> (loss, metrics)` when its
     objective is not cross-entropy on `forward`'s logits (the SVGP's ELBO); fine-tuning then uses it,
@@ -72,6 +77,13 @@ class ModelSpec:
     pretext: str | None = None
     description: str = ""
     direct_fit: Callable[..., nn.Module] | None = None
+    day_of_year: bool = False
+
+    def folds_years(self, hparams: dict[str, Any]) -> bool:
+        """Whether the model, with these hyper-parameters, maps dates onto the day of year."""
+        if "positions" in self.defaults:
+            return hparams.get("positions", self.defaults["positions"]) == "doy"
+        return self.day_of_year
 
 
 _MODELS: dict[str, ModelSpec] = {}

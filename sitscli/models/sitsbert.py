@@ -232,6 +232,7 @@ register(ModelSpec(
     input="pixel",
     compact=True,
     max_len=MAX_LEN,
+    day_of_year=True,
     pretext="contamination",
     description="SITS-BERT (Yuan & Lin 2021): Transformer on clear observations, DOY encoding, contamination pre-training",
 ))

@@ -47,7 +47,7 @@ from sitscli.data.prepared import dataset_path, open_prepared
 from sitscli.engine.metrics import plot_confusion
 from sitscli.mapping.accuracy import AreaAdjusted, SampleAccuracy, area_adjusted, confusion_counts, sample_accuracy
 from sitscli.mapping.change import overlaps
-from sitscli.mapping.geotiff import read_class_names
+from sitscli.mapping.geotiff import read_class_values
 
 DEFAULTS = {"field": None, "classes": None, "per_polygon": False, "block": 1024, "overwrite": False}
 REPORT_MD, REPORT_JSON, CONFUSION_PNG = "accuracy.md", "accuracy.json", "confusion.png"
@@ -129,7 +129,7 @@ def open_class_map(path: Path, classes: str | Path | None) -> ClassMap:
     if classes is not None:
         names, source = read_class_file(Path(classes)), "--classes"
     else:
-        names = {i: n for i, n in enumerate(read_class_names(path)) if n}
+        names = read_class_values(path)
         names, source = (names, "map") if names else (None, "")
     if names is not None and nodata is not None and int(nodata) in names:
         log(f"class {int(nodata)} ({names[int(nodata)]}) is the map's nodata value: its pixels are not counted")
@@ -290,7 +290,7 @@ class RasterReference(_Reference):
             if not overlaps(grid, own):
                 raise DataContentError(f"the reference {self.description} does not overlap the map: check that both cover the same area")
             log(f"accuracy: {path.name} is on another grid than the map: read onto the map grid (nearest neighbour)")
-        self.names = {i: n for i, n in enumerate(read_class_names(path)) if n}
+        self.names = read_class_values(path)
 
     def pairs(self, window, values, valid):
         with rasterio.open(self.path) as ds:

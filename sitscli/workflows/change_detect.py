@@ -29,13 +29,16 @@ from sitscli.mapping.change import (
     write_blocks,
 )
 from sitscli.mapping.geotiff import RasterSpec
-from sitscli.workflows.embed import check_patching, date_span, load_aligned, open_series, provenance
+from sitscli.workflows.embed import check_patching, date_span, load_aligned, open_series, provenance, warn_patch_size
 
 METHODS = ("alise", "gapfill")
 DEFAULTS = {"model": None, "method": "alise", "threshold": None, "binary_out": None, "reference": None,
             "reference_field": "change", "roc_out": None, "patch": 64, "overlap": 16, "block": 256,
             "batch_size": 8, "device": "auto", "bands": None, "date_range_a": None, "date_range_b": None,
-            "overwrite": False}
+            "cog": True, "overwrite": False}
+# Otsu splits the score histogram in two; when change is rare (the usual case) the upper class is the
+# change. More than half of the pixels above the threshold means the histogram had no such tail.
+OTSU_MAJORITY = 0.5
 
 
 def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path, model: str | Path | None = None,
@@ -43,7 +46,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
                   reference: str | Path | None = None, reference_field: str = "change", roc_out: str | Path | None = None,
                   patch: int = 64, overlap: int = 16, block: int = 256, batch_size: int = 8, device: str = "auto",
                   bands: list[str] | None = None, date_range_a: tuple[int, int] | None = None,
-                  date_range_b: tuple[int, int] | None = None, overwrite: bool = False) -> dict:
+                  date_range_b: tuple[int, int] | None = None, cog: bool = True, overwrite: bool = False) -> dict:
     """Score change between series `a` and `b` (L2A folders, stacks or `Cube`s) into `out` on A's grid.
 
     Args:
@@ -58,6 +61,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
         bands: band names of stacks that do not name them.
         date_range_a, date_range_b: (first, last) days since 1970 read from each source, e.g. two
             agronomic years of one L2A folder given as both A and B.
+        cog: write the rasters as COGs (see `sitscli.mapping.geotiff.finish`).
     Returns:
         a summary: outputs, pixels, pixels scored, threshold, changed fraction, auc.
     """
@@ -75,6 +79,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
         if model is None:
             raise ConfigError("--method alise needs --model RUN (an ALISE run); --method gapfill needs none")
         encoder, card = load_aligned(model, resolve_device(device), batch_size)
+        warn_patch_size(patch, card)
     elif model is not None:
         card = read_card(Path(model))
     band_names = list(card.info.band_names) if card is not None else None
@@ -97,7 +102,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
         description = "change score: mean squared difference of the 5-day gap-filled reflectance"
     spec = RasterSpec(count=1, dtype="float32", nodata=float("nan"), descriptions=[description], tags=tags)
     scored = write_blocks(cube_a.grid, outputs["score"], spec, compute, block=block, overwrite=overwrite,
-                          label="change-detect")
+                          label="change-detect", cog=cog)
     summary = {"method": method, "pixels": cube_a.grid.height * cube_a.grid.width, "pixels_scored": scored,
                "dates_a": len(cube_a.dates), "dates_b": len(cube_b.dates), "threshold": None,
                "changed_fraction": None, "auc": None}
@@ -106,7 +111,11 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
         log(f"threshold {value:.6g}" + (" (Otsu)" if threshold == "otsu" else ""))
         summary["threshold"] = value
         summary["changed_fraction"] = binary_map(outputs["score"], value, grid=cube_a.grid, block=block,
-                                                 out=outputs["binary"], overwrite=overwrite, tags=tags)
+                                                 out=outputs["binary"], overwrite=overwrite, tags=tags, cog=cog)
+        if threshold == "otsu" and summary["changed_fraction"] > OTSU_MAJORITY:
+            log(f"warning: Otsu's threshold flags {100 * summary['changed_fraction']:.0f} % of the pixels as changed: "
+                "the scores have no clear tail of change (different seasons or sensors in A and B?); "
+                "check the score map and give --threshold VALUE")
     if reference is not None:
         scores, labels = scores_and_labels(outputs["score"], Reference(Path(reference), cube_a.grid, reference_field),
                                            block=block)

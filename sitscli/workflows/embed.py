@@ -26,23 +26,25 @@ from sitscli.models import registry
 FORMATS = ("gtiff", "zarr")
 # Patches of 64 x 64 px: the pre-training crop of Table I; 16 px of overlap blended on each side.
 DEFAULTS = {"format": "gtiff", "patch": 64, "overlap": 16, "block": 256, "batch_size": 8, "device": "auto",
-            "bands": None, "overwrite": False}
+            "bands": None, "cog": True, "overwrite": False}
 
 
 def embed(source: str | Path | Cube, *, model: str | Path, out: str | Path, format: str = "gtiff", patch: int = 64,
           overlap: int = 16, block: int = 256, batch_size: int = 8, device: str = "auto",
-          bands: list[str] | None = None, overwrite: bool = False) -> dict:
+          bands: list[str] | None = None, cog: bool = True, overwrite: bool = False) -> dict:
     """Write the aligned representation of `source` (an L2A folder, a stack or a `Cube`) with an ALISE run.
 
     Output: `out` as a float32 GeoTIFF of n_q x d_model bands on the input's grid (NaN where a pixel
     has fewer than MIN_VALID_DATES valid dates), or with format "zarr" an xarray-readable store
-    (`embedding (band, y, x)`, CRS and transform in attrs). Returns a summary for printing.
+    (`embedding (band, y, x)`, CRS and transform in attrs). The GeoTIFF is a COG unless `cog` is
+    False. Returns a summary for printing.
     """
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
     check_patching(patch, overlap, block)
     out = check_output(out, overwrite)
     encoder, card = load_aligned(model, resolve_device(device), batch_size)
+    warn_patch_size(patch, card)
     cube = open_series(source, list(card.info.band_names), bands=bands, what="input", card=card)
     names = [f"q{q:02d}_c{c:03d}" for q in range(encoder.n_q) for c in range(encoder.d_model)]
     tags = provenance(card, {"SITS_DATES": date_span(cube)})
@@ -56,7 +58,7 @@ def embed(source: str | Path | Cube, *, model: str | Path, out: str | Path, form
         mapped = write_zarr(cube.grid, out, names, compute, block=block, overwrite=overwrite, tags=tags)
     else:
         spec = RasterSpec(count=len(names), dtype="float32", nodata=float("nan"), descriptions=names, tags=tags)
-        mapped = write_blocks(cube.grid, out, spec, compute, block=block, overwrite=overwrite, label="embed")
+        mapped = write_blocks(cube.grid, out, spec, compute, block=block, overwrite=overwrite, label="embed", cog=cog)
     return {"output": str(out), "format": format, "bands": len(names), "n_q": encoder.n_q, "d_model": encoder.d_model,
             "pixels": cube.grid.height * cube.grid.width, "pixels_mapped": mapped, "dates": len(cube.dates)}
 
@@ -68,6 +70,15 @@ def check_patching(patch: int, overlap: int, block: int) -> None:
     check_multiple(block, "--block")
     if not 0 <= overlap <= patch // 2:
         raise ConfigError(f"--overlap {overlap}: give 0 to half the patch size ({patch // 2}) pixels, e.g. 16")
+
+
+def warn_patch_size(patch: int, card: ModelCard) -> None:
+    """Say so when --patch is not the crop the ALISE run was pre-trained on (ALISE's U-BARN sees its
+    neighbourhood through the patch, so other sizes change the representations)."""
+    crop = card.hparams.get("crop")
+    if crop is not None and int(crop) != patch:
+        log(f"warning: --patch {patch} differs from the pre-training crop of {card.run_dir} ({crop} px): "
+            f"the representations (and change scores) may shift; give --patch {crop} unless memory forbids it")
 
 
 def aligned_models() -> list[str]:

@@ -52,10 +52,13 @@ from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, ap
 from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.workflows.pretrain import (RunResult, check_input_kind, check_run_output, is_main_process,
                                         model_training_defaults, resolve_run_options, run_directory,
-                                        series_dataset, train_config)
+                                        series_dataset, train_config, warn_folded_years)
 
 MODES = ("full", "frozen", "lora")
 CLASS_WEIGHTS = ("none", "balanced")
+# Below about 10 training samples a class's decision region and its accuracy figures are mostly
+# noise (a rule of thumb, not a paper's figure).
+MIN_CLASS_SAMPLES = 10
 
 # Options of `sits finetune` besides the TrainConfig fields.
 # val_fraction: share of the training parcels (groups) held out for choosing the epoch when the
@@ -146,6 +149,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
 
     info = _classifier_info(prepared, from_card)
     hparams = _hparams(options, spec, from_card)
+    warn_folded_years(prepared, spec, {**spec.defaults, **hparams})
+    warn_scarce_classes(prepared)
     seed_everything(cfg.seed)             # the head's (and adapters') initial weights repeat too
     classifier = spec.build(hparams, info)
     if from_card is not None:
@@ -244,6 +249,15 @@ def _check_single_process(spec: ModelSpec, classifier: nn.Module) -> None:
         raise ConfigError(f"model {spec.name} trains in one process only: run it without torchrun")
 
 
+def warn_scarce_classes(prepared: Prepared) -> None:
+    """Name the classes with fewer than MIN_CLASS_SAMPLES labelled training samples."""
+    train = dict(prepared.ds.attrs.get("class_counts", {}).get("train", {}))
+    scarce = [f"{name} ({train.get(name, 0)})" for name in prepared.class_names if train.get(name, 0) < MIN_CLASS_SAMPLES]
+    if scarce:
+        log(f"warning: {len(scarce)} class(es) with fewer than {MIN_CLASS_SAMPLES} training samples: {', '.join(scarce)}; "
+            "their accuracy will be unreliable: label more samples of them, or merge them into a related class")
+
+
 def _check_labelled(prepared: Prepared) -> None:
     if not prepared.class_names:
         raise DataContentError(f"{prepared.path} has no classes (an unlabelled dataset): fine-tuning needs labels; "
@@ -256,7 +270,8 @@ def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInf
     data = prepared.info()
     base = from_card.info if from_card is not None else data
     return DataInfo(list(base.band_names), list(base.band_mean), list(base.band_std), class_names=data.class_names,
-                    class_colors=data.class_colors, reference_date=base.reference_date)
+                    class_colors=data.class_colors, reference_date=base.reference_date, class_codes=data.class_codes,
+                    train_period=data.train_period)
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:

@@ -93,6 +93,8 @@ def run_info(run_dir: Path) -> dict[str, Any]:
     }
     if card.info.reference_date is not None:
         out["reference_date"] = iso(card.info.reference_date)
+    if card.info.class_codes:
+        out["class_codes"] = list(card.info.class_codes)     # the values its class maps store
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         try:

@@ -16,11 +16,12 @@ from sitscli import __version__
 from sitscli.core.dates import iso
 from sitscli.core.errors import CheckpointError, ConfigError
 from sitscli.core.io import check_output
+from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, load_model
 from sitscli.engine.device import resolve_device
-from sitscli.mapping.geotiff import RasterSpec, class_map_spec
+from sitscli.mapping.geotiff import RasterSpec, class_map_spec, legend_tags
 from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
 from sitscli.models import registry
 
@@ -34,7 +35,7 @@ GDAL_CACHE_MB = 64
 DEFAULTS = {
     "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
     "date_range": None, "dates_file": None, "block": 512, "batch_size": 2048, "device": "auto",
-    "cog": False, "compress": "deflate", "resume": False, "overwrite": False,
+    "cog": True, "compress": "deflate", "colors": None, "resume": False, "overwrite": False,
 }
 
 
@@ -42,13 +43,15 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
                 probabilities: str | Path | None = None, confidence: str | Path | None = None,
                 prob_dtype: str = "uint8", bands: list[str] | None = None, aoi=None,
                 date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
-                block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = False,
-                compress: str = "deflate", resume: bool = False, overwrite: bool = False,
-                after_block: Callable[[int], None] | None = None) -> dict:
+                block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
+                compress: str = "deflate", colors: str | Path | None = None, resume: bool = False,
+                overwrite: bool = False, after_block: Callable[[int], None] | None = None) -> dict:
     """Map `source` (an L2A folder, a GeoTIFF stack, or an opened `Cube`) with the classifier `model`.
 
-    Writes `out` (class ids, colour table, class names), and optionally `probabilities` (one band per
-    class) and `confidence` (the largest probability). Returns a summary for printing.
+    Writes `out` (the class codes of the run, or class ids 0..K-1 when it has none; colour table,
+    class names, .qml and .clr legends), and optionally `probabilities` (one band per class) and
+    `confidence` (the largest probability); COGs unless `cog` is False. `colors` is a colour file
+    (`sitscli.core.legend.read_color_file`) replacing the run's class colours. Returns a summary.
     """
     outputs = _check_outputs(out, probabilities, confidence, overwrite)
     if prob_dtype not in PROB_DTYPES:
@@ -61,16 +64,35 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file)
     log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
         f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
+    warn_outside_training(cube.dates, card, spec)
     classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
                                  batch_size=batch_size, device=torch_device)
-    targets = _targets(outputs, card, cube, prob_dtype)
+    class_colors = list(card.info.class_colors) or default_colors(card.info.class_names)
+    if colors is not None:
+        class_colors = apply_color_file(colors, card.info.class_names, card.info.class_codes, class_colors)
+    targets = _targets(outputs, card, cube, prob_dtype, class_colors)
     # Every input block is read once, so GDAL's block cache (5 % of RAM by default) only holds dead
     # data: a small cap keeps memory flat whatever the raster size.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
                             fingerprint=_fingerprint(source, card, cube), after_block=after_block)
     return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
+            "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
             "model": card.model_name, "dates": len(cube.dates)}
+
+
+def warn_outside_training(dates: np.ndarray, card: ModelCard, spec: registry.ModelSpec) -> None:
+    """Say how many input dates lie outside the period the classifier was trained on."""
+    if not card.info.train_period:
+        return  # a run from before the period was recorded
+    first, last = card.info.train_period
+    outside = int(((dates < first) | (dates > last)).sum())
+    if outside == 0:
+        return
+    how = ("it reads dates as days of the year, so check that the input covers the same season"
+           if spec.folds_years(card.hparams) else
+           "the model never saw these positions in time, so expect less accurate classes")
+    log(f"warning: {outside} of {len(dates)} input dates lie outside the training period {iso(first)} to {iso(last)}: {how}")
 
 
 def _check_outputs(out, probabilities, confidence, overwrite: bool) -> dict[str, Path]:
@@ -129,16 +151,20 @@ class BandSubset(Cube):
         return self.cube.read_valid(window, times)
 
 
-def _targets(outputs: dict[str, Path], card: ModelCard, cube: Cube, prob_dtype: str) -> list[MapTarget]:
-    names = list(card.info.class_names)
+def _targets(outputs: dict[str, Path], card: ModelCard, cube: Cube, prob_dtype: str,
+             class_colors: list[str]) -> list[MapTarget]:
+    names, codes = list(card.info.class_names), list(card.info.class_codes)
     provenance = {"SITS_MODEL": card.model_name, "SITS_RUN": str(card.run_dir), "SITSCLI_VERSION": __version__,
                   "SITS_DATES": f"{iso(cube.dates[0])}/{iso(cube.dates[-1])} ({len(cube.dates)} dates)"}
-    class_spec = class_map_spec(names, card.info.class_colors, tags=provenance)
+    class_spec = class_map_spec(names, class_colors, tags=provenance, class_codes=codes)
     targets = [MapTarget(outputs["map"], class_spec, class_ids(class_spec))]
     is_float = prob_dtype == "float32"
     nodata, scale = (float("nan"), None) if is_float else (255, PERCENT)
     if "probabilities" in outputs:
-        spec = RasterSpec(count=len(names), dtype=prob_dtype, nodata=nodata, scale=scale, tags=provenance,
+        # the legend in the tags too, so that commands reading probabilities (smooth, uncertainty)
+        # write class maps with the same codes, names and colours
+        spec = RasterSpec(count=len(names), dtype=prob_dtype, nodata=nodata, scale=scale,
+                          tags={**provenance, **legend_tags(names, class_colors, codes)},
                           descriptions=[f"probability {n}" for n in names])
         targets.append(MapTarget(outputs["probabilities"], spec, scaled(spec)))
     if "confidence" in outputs:

@@ -23,7 +23,8 @@ _FRACTIONS = ",".join(str(f) for f in DEFAULT_FRACTIONS)
 # Option defaults per source; None marks "not given" (or, for INPUTS below, "required").
 DEFAULTS: dict[str, dict[str, Any]] = {
     "s2": {
-        "folder": None, "out": None, "labels": None, "class_field": None, "color_field": None,
+        "folder": None, "out": None, "labels": None, "class_field": None, "color_field": None, "code_field": None,
+        "colors": None,
         "bands": None, "aoi": None, "dates": None, "tile": None, "valid_scl": "4,5,6,7",
         "buffer": 0.0, "max_per_polygon": DEFAULT_MAX_PER_POLYGON, "unlabeled": 0, "patch_size": None,
         "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
@@ -38,7 +39,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "table": {
         "csv": None, "out": None, "layout": "auto", "id_col": None, "date_col": None, "label_col": None,
-        "band_cols": None, "lon_col": None, "lat_col": None, "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
+        "band_cols": None, "lon_col": None, "lat_col": None, "code_col": None, "colors": None, "fractions": _FRACTIONS,
+        "seed": 0, "overwrite": False,
     },
     "synthetic": {
         "out": None, "layout": "safe", "size": 256, "seed": 0, "difficulty": 0.3, "years": 2, "zipped": False,
@@ -132,9 +134,10 @@ def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
 def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
 
-    o = {**o, "folder": _path(o["folder"]), "out": _path(o["out"]), "labels": _path(o["labels"])}
+    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "colors")}}
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
+        code_field=o["code_field"], colors=o["colors"],
         bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
         valid_scl=_numbers(o["valid_scl"], int, "--valid-scl"), buffer=float(o["buffer"]),
         max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
@@ -171,10 +174,10 @@ def _run_sitsbert_csv(o: dict) -> PrepareResult:
 def _run_table(o: dict) -> PrepareResult:
     from sitscli.data.recipes.table import prepare_table
 
-    o = {**o, "csv": _path(o["csv"]), "out": _path(o["out"])}
+    o = {**o, "csv": _path(o["csv"]), "out": _path(o["out"]), "colors": _path(o["colors"])}
     path = prepare_table(o["csv"], o["out"], layout=o["layout"], id_col=o["id_col"], date_col=o["date_col"],
                          label_col=o["label_col"], band_cols=_names(o["band_cols"]), lon_col=o["lon_col"],
-                         lat_col=o["lat_col"], fractions=_numbers(o["fractions"], float, "--fractions"),
+                         lat_col=o["lat_col"], code_col=o["code_col"], colors=o["colors"], fractions=_numbers(o["fractions"], float, "--fractions"),
                          seed=int(o["seed"]), overwrite=bool(o["overwrite"]), config={"source": "table", **_saved(o)})
     return _dataset_result(path)
 

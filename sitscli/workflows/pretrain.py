@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from sitscli.core.config import dump_yaml, load_yaml, resolve
+from sitscli.core.dates import iso
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
 from sitscli.core.io import check_output, require_exists
 from sitscli.core.progress import log
@@ -38,6 +39,7 @@ from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.ssl import make_pretext
 
 CONFIG = "config.yaml"
+YEAR_DAYS = 366      # a dataset whose last date is this many days after its first spans more than one year
 RESUME = "resume"
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -149,6 +151,19 @@ def check_input_kind(prepared: Prepared, spec: ModelSpec) -> None:
             f"prepare the data in {spec.input} mode")
 
 
+def warn_folded_years(prepared: Prepared, spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
+    """Say so when the dataset spans more than a year and the model reads dates as days of the year:
+    two observations a year apart then look the same to it."""
+    first, last = prepared.ds.attrs.get("date_min"), prepared.ds.attrs.get("date_max")
+    if first is None or last - first < YEAR_DAYS or not spec.folds_years(dict(hparams)):
+        return
+    hint = ("give --hparam positions=reference to count days since the season start (the dataset's first date) instead"
+            if "positions" in spec.defaults else
+            "this model has no other time axis: prepare one season per dataset (sits prepare --dates START:END)")
+    log(f"warning: {prepared.path.name} spans {iso(first)} to {iso(last)} ({last - first + 1} days) but {spec.name} "
+        f"folds dates onto the day of year, so observations a year apart look alike; {hint}")
+
+
 def hold_out(dataset: SeriesDataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Split a dataset at random into (train, validation) with `fraction` in validation (at least 1)."""
     n = len(dataset)
@@ -183,6 +198,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     if spec.pretext is None:
         raise ConfigError(f"model {spec.name} has no pretext task: train it directly with `sits finetune --model {spec.name}`")
     check_input_kind(prepared, spec)
+    warn_folded_years(prepared, spec, {**spec.defaults, **options["hparams"]})
     full = prepared.info()
     info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date)  # no classes
     cfg = train_config(options)

@@ -122,7 +122,8 @@ def _targets(outputs: dict[str, Path], source: ProbabilityCube, parameters: dict
                       descriptions=[DESCRIPTION_PREFIX + n for n in source.class_names])
     targets = [MapTarget(outputs["probabilities"], spec, scaled(spec))]
     if "map" in outputs:
-        class_spec = class_map_spec(source.class_names, _class_colors(source), tags=provenance)
+        class_spec = class_map_spec(source.class_names, _class_colors(source), tags=provenance,
+                                    class_codes=source.class_codes())
         targets.append(MapTarget(outputs["map"], class_spec, class_ids(class_spec)))
     return targets
 

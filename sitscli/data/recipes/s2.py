@@ -17,6 +17,7 @@ from rasterio.windows import Window
 
 from sitscli.core.errors import ConfigError, DataContentError
 from sitscli.core.io import require_exists
+from sitscli.core.legend import apply_color_file
 from sitscli.core.progress import Progress, log
 from sitscli.data.cube import Cube
 from sitscli.data.labels import NO_POLYGON, UNLABELED, Labels, class_lookup, rasterize_window, read_labels, sample_pixels
@@ -37,15 +38,17 @@ READ_BUDGET = 64 * 2**20       # bytes of float32 reflectance read at once (spli
 def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class_field: str,
                bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
                tile: str | None = None, valid_scl: Sequence[int] = (4, 5, 6, 7), buffer: float = 0.0,
-               color_field: str | None = None, max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON,
-               unlabeled: int = 0, patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+               color_field: str | None = None, code_field: str | None = None, colors: str | Path | None = None,
+               max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON, unlabeled: int = 0,
+               patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
                seed: int = 0, overwrite: bool = False, config: dict | None = None) -> Path:
     """Prepare a dataset from an L2A folder (any layout `open_source` reads) and a label file.
 
     Args:
         folder: L2A acquisitions of one tile (SAFE, Theia, per-band COGs, stack, per-date GeoTIFFs).
         out: the `NAME.sits` directory to write.
-        labels, class_field, buffer, color_field: the vector labels (see `sitscli.data.labels`).
+        labels, class_field, buffer, color_field, code_field: the vector labels (see `sitscli.data.labels`).
+        colors: a colour file (`sitscli.core.legend.read_color_file`) overriding the class colours.
         bands, aoi, date_range, tile, valid_scl: passed to the reader.
         max_per_polygon: pixel mode, pixels drawn per polygon (None or 0: all of them).
         unlabeled: pixel mode, pixels drawn outside every polygon for self-supervised pretraining.
@@ -58,24 +61,27 @@ def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class
     cube = open_source(folder, bands=list(bands) if bands else None, aoi=aoi, date_range=date_range,
                        valid_scl=tuple(valid_scl), tile=tile)
     return prepare_cube(cube, out, labels=labels, class_field=class_field, buffer=buffer, color_field=color_field,
-                        max_per_polygon=max_per_polygon, unlabeled=unlabeled, patch_size=patch_size,
+                        code_field=code_field, colors=colors, max_per_polygon=max_per_polygon, unlabeled=unlabeled, patch_size=patch_size,
                         fractions=fractions, seed=seed, source=f"s2 {cube.layout}: {folder}", overwrite=overwrite,
                         config=config)
 
 
 def prepare_cube(cube: Cube, out: str | Path, *, labels: str | Path, class_field: str, buffer: float = 0.0,
-                 color_field: str | None = None, max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON,
+                 color_field: str | None = None, code_field: str | None = None, colors: str | Path | None = None,
+                 max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON,
                  unlabeled: int = 0, patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
                  seed: int = 0, source: str = "", overwrite: bool = False, config: dict | None = None) -> Path:
     """`prepare_s2` on an already opened cube (any `Cube`); same arguments, `source` recorded as is."""
     if patch_size is not None and patch_size < 1:
         raise ConfigError(f"--patch-size {patch_size}: give a patch side in pixels >= 1, e.g. 64")
     found = read_labels(labels, class_field, crs=cube.grid.crs, bounds=cube.grid.bounds, buffer=buffer,
-                        color_field=color_field)
+                        color_field=color_field, code_field=code_field)
+    if colors is not None:
+        found.class_colors = apply_color_file(colors, found.class_names, found.class_codes, found.class_colors)
     log(f"prepare s2: {cube.layout} cube, {len(cube.dates)} dates, {len(cube.band_names)} bands, "
         f"{cube.grid.width} x {cube.grid.height} px; {len(found.polygons)} polygons, {len(found.class_names)} classes")
     with PreparedWriter(out, n_time=len(cube.dates), band_names=list(cube.band_names), class_names=found.class_names,
-                        class_colors=found.class_colors, sensor="sentinel-2", source=source or cube.layout,
+                        class_colors=found.class_colors, class_codes=found.class_codes, sensor="sentinel-2", source=source or cube.layout,
                         mode="pixel" if patch_size is None else "patch", patch_size=patch_size,
                         crs=cube.grid.crs.to_wkt(), config=config, overwrite=overwrite) as writer:
         if patch_size is None:

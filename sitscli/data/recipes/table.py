@@ -26,7 +26,9 @@ maximum, so that a few saturated values of 0-1 data do not rescale a whole band.
 invalid observations. A value that cannot be stored after scaling (|v| > 3.2767, e.g. a -9999
 nodata marker in 0-1 data) is an error: leave missing values empty instead.
 
-Labels: class names are the distinct labels sorted (numerically when all are integers); an empty
+Labels: class names are the distinct labels sorted (numerically when all are integers); with a
+code column (`code_col`, one whole number per class, e.g. a nomenclature's code beside its name)
+the codes are kept for the maps and the classes are ordered by code. An empty
 label makes the sample unlabelled (split "unlabeled", for pretraining). Samples are split train /
 val / test by sample (each sample its own group), stratified by class, with a seed. Groups are the
 sample ids when these are integers, else the samples' order of first appearance. xy holds
@@ -47,6 +49,7 @@ import pandas as pd
 from sitscli.core.dates import to_days
 from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import check_output, require_exists
+from sitscli.core.legend import apply_color_file, class_codes, default_colors, order_by_code
 from sitscli.core.progress import log
 from sitscli.data.prepared import SCALE, PreparedWriter, dataset_path
 from sitscli.data.splits import check_fractions, split_codes, split_groups
@@ -76,11 +79,13 @@ class Series:
     labels: np.ndarray         # (N,) object: label text or None
     xy: np.ndarray | None      # (N, 2) longitude, latitude
     band_names: list[str]
+    codes: np.ndarray | None = None  # (N,) object: each sample's class code (code column), or None
 
 
 def prepare_table(csv, out, *, layout: str = "auto", id_col: str | None = None, date_col: str | None = None,
                   label_col: str | None = None, band_cols: Sequence[str] | None = None, lon_col: str | None = None,
-                  lat_col: str | None = None, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                  lat_col: str | None = None, code_col: str | None = None, colors: str | Path | None = None,
+                  fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   overwrite: bool = False, config: dict | None = None) -> Path:
     """Prepare a long or wide sample table (see the module docstring); returns the `.sits` path.
 
@@ -89,6 +94,8 @@ def prepare_table(csv, out, *, layout: str = "auto", id_col: str | None = None, 
         layout: "auto", "long" or "wide".
         id_col, date_col, label_col, lon_col, lat_col: column names (None: found by name).
         band_cols: band columns (long) or band names (wide); None: every band found.
+        code_col: column of class codes kept for the maps (one code per class), or None.
+        colors: a colour file (`sitscli.core.legend.read_color_file`) for the class colours.
         fractions: train, val, test shares of each class's samples.
         config: options saved as config.yaml (default: these arguments).
     """
@@ -100,24 +107,25 @@ def prepare_table(csv, out, *, layout: str = "auto", id_col: str | None = None, 
     header = _read_header(path)
     if layout == "auto":
         layout = "wide" if any(_wide_name(c) for c in header) else "long"
-    named = [id_col, date_col, label_col, lon_col, lat_col, *(band_cols or () if layout == "long" else ())]
+    named = [id_col, date_col, label_col, lon_col, lat_col, code_col, *(band_cols or () if layout == "long" else ())]
     absent = [name for name in named if name is not None and name not in header]
     if absent:
         raise ConfigError(f"{path}: no column {absent[0]!r} (check the --*-col options); columns: {', '.join(header)}")
     label_col = label_col or _find(header, LABEL_NAMES, "label", "--label-col", path)
     id_col = id_col or _find(header, ID_NAMES, "sample id", "--id-col", path, required=layout == "long")
     lon_col, lat_col = _lonlat(header, lon_col, lat_col, path)
-    table = _read_table(path, text_columns=[c for c in (id_col, label_col) if c])
+    table = _read_table(path, text_columns=[c for c in (id_col, label_col, code_col) if c])
     if layout == "long":
-        series = _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col)
+        series = _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col, code_col)
     else:
-        series = _wide(table, path, id_col, label_col, band_cols, lon_col, lat_col)
+        series = _wide(table, path, id_col, label_col, band_cols, lon_col, lat_col, code_col)
     if config is None:
         config = {"recipe": "table", "csv": str(path), "layout": layout, "id_col": id_col, "date_col": date_col,
                   "label_col": label_col, "band_cols": list(band_cols) if band_cols else None, "lon_col": lon_col,
-                  "lat_col": lat_col, "fractions": list(fractions), "seed": seed}
-    return _write(series, out, layout=layout, path=path, fractions=fractions, seed=seed,
-                  overwrite=overwrite, config=config)
+                  "lat_col": lat_col, "code_col": code_col, "colors": str(colors) if colors else None,
+                  "fractions": list(fractions), "seed": seed}
+    return _write(series, out, layout=layout, path=path, fractions=fractions, seed=seed, code_col=code_col,
+                  colors=colors, overwrite=overwrite, config=config)
 
 
 # ------------------------------------------------------------------------------ columns
@@ -278,14 +286,14 @@ def _coords(table, lon_col, lat_col, path) -> np.ndarray | None:
     return xy
 
 
-def _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col) -> Series:
+def _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col, code_col) -> Series:
     """One row per sample and date -> (N, T, C) series, each sample with its own sorted dates."""
     if table[id_col].isna().any():
         raise DataFormatError(f"{path} line {int(np.flatnonzero(table[id_col].isna().to_numpy())[0]) + 2}: empty sample id")
     codes, ids = pd.factorize(table[id_col].str.strip(), sort=False)     # (R,), (N,) first appearance order
     ids = np.asarray(ids, dtype=object)
     date_col, days = _date_column(table, date_col, codes, path)
-    used = {id_col, date_col, label_col, lon_col, lat_col}
+    used = {id_col, date_col, label_col, lon_col, lat_col, code_col}
     if band_cols is None:
         band_cols = [c for c in table.columns if c not in used and not c.startswith("Unnamed:")
                      and pd.api.types.is_numeric_dtype(table[c])]
@@ -312,16 +320,17 @@ def _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col)
     dates = np.take_along_axis(dates, np.minimum(np.arange(n_time), counts[:, None] - 1), axis=1)
     valid = np.arange(n_time) < counts[:, None]
     labels = _per_sample(_labels(table, label_col), codes, n, ids, "label", path)
+    sample_codes = _per_sample(_labels(table, code_col), codes, n, ids, "code", path) if code_col else None
     xy = _coords(table, lon_col, lat_col, path)
     if xy is not None:
         xy = np.stack([_per_sample(xy[:, i], codes, n, ids, name, path) for i, name in enumerate(("longitude", "latitude"))],
                       axis=1).astype(np.float64)
     log(f"table (long): {len(table)} rows, {n} samples, up to {n_time} dates; id {id_col}, date {date_col}, "
         f"label {label_col}, bands {', '.join(band_cols)}" + (f", lon/lat {lon_col}/{lat_col}" if xy is not None else ""))
-    return Series(ids, x, dates, valid, labels, xy, [str(b) for b in band_cols])
+    return Series(ids, x, dates, valid, labels, xy, [str(b) for b in band_cols], sample_codes)
 
 
-def _wide(table, path, id_col, label_col, band_cols, lon_col, lat_col) -> Series:
+def _wide(table, path, id_col, label_col, band_cols, lon_col, lat_col, code_col) -> Series:
     """One row per sample, BAND_DATE columns -> (N, T, C) series on the shared dates."""
     columns = {c: parsed for c in table.columns if (parsed := _wide_name(c))}
     bands = list(dict.fromkeys(band for band, _ in columns.values()))
@@ -353,11 +362,11 @@ def _wide(table, path, id_col, label_col, band_cols, lon_col, lat_col) -> Series
             raise DataFormatError(f"{path} line {row + 2}: sample id {ids[row]!r} empty or repeated: a wide table has "
                                   "one row per sample (use --layout long for one row per date)")
     xy = _coords(table, lon_col, lat_col, path)
-    ignored = [c for c in table.columns if c not in columns and c not in {id_col, label_col, lon_col, lat_col}]
+    ignored = [c for c in table.columns if c not in columns and c not in {id_col, label_col, lon_col, lat_col, code_col}]
     log(f"table (wide): {n} samples, {len(days)} dates, bands {', '.join(bands)}"
         + (f"; ignored columns {', '.join(ignored)}" if ignored else ""))
     return Series(ids, x, np.broadcast_to(days, (n, len(days))), np.ones((n, len(days)), bool),
-                  _labels(table, label_col), xy, bands)
+                  _labels(table, label_col), xy, bands, _labels(table, code_col) if code_col else None)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -379,13 +388,20 @@ def _groups(ids: np.ndarray) -> np.ndarray:
     return groups if len(np.unique(groups)) == len(groups) else np.arange(len(ids), dtype=np.int64)
 
 
-def _write(series: Series, out: Path, *, layout: str, path: Path, fractions, seed: int,
-           overwrite: bool, config: dict) -> Path:
+def _write(series: Series, out: Path, *, layout: str, path: Path, fractions, seed: int, code_col: str | None,
+           colors, overwrite: bool, config: dict) -> Path:
     class_names = _class_names(series.labels)
     if not class_names:
         raise DataContentError(f"{path}: every label is empty: a table needs labelled samples")
     lookup = {name: i for i, name in enumerate(class_names)}
     y = np.array([-1 if v is None else lookup[v] for v in series.labels], dtype=np.int64)
+    codes: list[int] = []
+    if code_col is not None:
+        codes = class_codes(y, series.codes, class_names, field=code_col, where=str(path))
+        class_names, codes, y = order_by_code(class_names, codes, y)
+    class_colors = default_colors(class_names)
+    if colors is not None:
+        class_colors = apply_color_file(colors, class_names, codes, class_colors)
     groups = _groups(series.ids)
     split = split_codes(groups, split_groups(groups, y, fractions=fractions, seed=seed))
     valid = series.valid & np.isfinite(series.x).all(axis=2)
@@ -394,7 +410,8 @@ def _write(series: Series, out: Path, *, layout: str, path: Path, fractions, see
         from rasterio.crs import CRS
 
         crs = CRS.from_epsg(4326).to_wkt()
-    with PreparedWriter(out, n_time=series.x.shape[1], band_names=series.band_names, class_names=class_names, sensor="unknown",
+    with PreparedWriter(out, n_time=series.x.shape[1], band_names=series.band_names, class_names=class_names,
+                        class_colors=class_colors, class_codes=codes, sensor="unknown",
                         source=f"table {layout}: {path}", crs=crs, config=config, overwrite=overwrite) as writer:
         for start in range(0, len(y), BLOCK):
             part = slice(start, start + BLOCK)
