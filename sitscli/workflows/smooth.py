@@ -141,7 +141,7 @@ def _class_colors(source: ProbabilityCube) -> list[str]:
             info = None  # the run has moved or gone: fall back on the palette
         if info is not None and list(info.class_names) == source.class_names and info.class_colors:
             colors = list(info.class_colors)
-    return colors or default_colors(source.num_classes)
+    return colors or default_colors(source.class_names)
 
 
 def _text(values: np.ndarray) -> str:
