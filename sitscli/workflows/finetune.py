@@ -256,7 +256,8 @@ def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInf
     data = prepared.info()
     base = from_card.info if from_card is not None else data
     return DataInfo(list(base.band_names), list(base.band_mean), list(base.band_std), class_names=data.class_names,
-                    class_colors=data.class_colors, reference_date=base.reference_date)
+                    class_colors=data.class_colors, reference_date=base.reference_date,
+                    modalities={**data.modalities, **base.modalities})
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:
