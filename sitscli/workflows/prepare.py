@@ -27,6 +27,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bands": None, "aoi": None, "dates": None, "tile": None, "valid_scl": "4,5,6,7",
         "buffer": 0.0, "max_per_polygon": DEFAULT_MAX_PER_POLYGON, "unlabeled": 0, "patch_size": None,
         "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
+        # other sensors as extra modalities of the same samples (DESIGN.md, "Several sensors")
+        "s1": None, "s1_orbit": "both", "s1_units": "auto", "planetscope": None, "vhr": None, "vhr_bands": None,
+        "vhr_resolution": None, "keep_cloudy": False,
     },
     "timesen2crop": {
         # the common TimeSen2Crop split (Weikmann et al. 2021): 33TVN validation, 33UVP test, the rest train
@@ -118,6 +121,25 @@ def _aoi(value):
     return require_exists(str(value), "--aoi vector file")
 
 
+def _choice(value, allowed: tuple[str, ...], what: str) -> str:
+    text = str(value).strip().lower()
+    if text not in allowed:
+        raise ConfigError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+    return text
+
+
+def _positive(value, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ConfigError(f"{what} {value!r}: give a positive number of metres, e.g. 1.0")
+    return number
+
+
 def _path(value) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
@@ -131,8 +153,14 @@ def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
+    from sitscli.data.recipes.sensors import SensorInputs
 
-    o = {**o, "folder": _path(o["folder"]), "out": _path(o["out"]), "labels": _path(o["labels"])}
+    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "s1", "planetscope", "vhr")}}
+    sensors = SensorInputs(
+        s1=o["s1"], s1_orbit=_choice(o["s1_orbit"], ("both", "ascending", "descending"), "--s1-orbit"),
+        s1_units=_choice(o["s1_units"], ("auto", "linear", "db"), "--s1-units"), planetscope=o["planetscope"],
+        vhr=o["vhr"], vhr_bands=tuple(_names(o["vhr_bands"]) or ()) or None,
+        vhr_resolution=_positive(o["vhr_resolution"], "--vhr-resolution"))
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
@@ -140,7 +168,7 @@ def _run_s2(o: dict) -> PrepareResult:
         max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
         patch_size=None if o["patch_size"] is None else int(o["patch_size"]),
         fractions=_numbers(o["fractions"], float, "--fractions"), seed=int(o["seed"]), overwrite=bool(o["overwrite"]),
-        config={"source": "s2", **_saved(o)},
+        config={"source": "s2", **_saved(o)}, sensors=sensors, keep_cloudy=bool(o["keep_cloudy"]),
     )
     return _dataset_result(path)
 
