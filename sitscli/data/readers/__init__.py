@@ -6,6 +6,12 @@
 Layouts, detected in this order: ESA SAFE (`.SAFE` folders or zips), Theia/MAJA products, per-band
 COG folders (one folder per date), a multiband GeoTIFF stack (a file), and the generic one GeoTIFF
 per date per variable (see each module's docstring).
+
+Other sensors are read on the Sentinel-2 grid of such a cube (`cube.grid`), as extra modalities:
+
+    s1 = open_s1("S1/", cube.grid, orbit="both")            # dB VV, VH, VV/VH on the 10 m grid
+    ps = open_planetscope("PSScene/", cube.grid, factor=3)  # reflectance on the 10/3 m fine grid
+    vhr = open_vhr("ortho/", cube.grid)                     # one image on a fine grid (e.g. 0.5 m)
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from sitscli.core.io import require_exists
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube, Grid
 from sitscli.data.readers import bandfiles, cogs, safe, stack, theia
+from sitscli.data.readers.planetscope import open_planetscope
+from sitscli.data.readers.s1 import open_s1
+from sitscli.data.readers.vhr import open_vhr
 from sitscli.data.readers.common import (
     DEFAULT_S2_BANDS, DEFAULT_VALID_SCL, Acquisition, AcquisitionCube, canonical_band, check_not_empty, in_date_range,
     normalise_tile, range_text, require_bands,
 )
 
-__all__ = ["open_source", "detect_layout", "LAYOUTS"]
+__all__ = ["open_source", "detect_layout", "LAYOUTS", "open_s1", "open_planetscope", "open_vhr"]
 
 LAYOUTS = {
     "safe": "ESA SAFE products (.SAFE folders or .SAFE.zip)",

@@ -12,6 +12,7 @@ from its classes, on the same scale (see `SCL_CLOUD_LEVEL`, `CLM_CLOUD_LEVEL`).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -92,6 +93,8 @@ def cloud_level(data: np.ndarray, kind: str) -> np.ndarray:
 
 MGRS_TILE = re.compile(r"(?<![0-9A-Z])T?(\d{2}[C-X][A-Z]{2})(?![0-9A-Z])")
 
+NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?:T?(\d{6}))?(?!\d)")
+
 _BAND_CODE = re.compile(r"B0*(\d{1,2})(A?)", re.IGNORECASE)
 
 
@@ -108,6 +111,22 @@ def canonical_band(name: str) -> str:
         number, narrow = int(code[1]), code[2].upper()
         return f"B{number}A" if narrow else f"B{number:02d}"
     return text.upper()
+
+
+def date_in_name(*texts: str) -> tuple[int, str] | None:
+    """(days since 1970-01-01, 'YYYYMMDDTHHMMSS' or 'YYYYMMDD') of the first calendar date written
+    YYYYMMDD (optionally followed by [T]HHMMSS) in the first of `texts` that holds one, else None.
+    Eight digits that are no date ('12345678') are skipped."""
+    for text in texts:
+        for match in NAME_TIMESTAMP.finditer(text):
+            year, month, day, time = match.groups()
+            try:
+                when = dt.date(int(year), int(month), int(day))
+            except ValueError:
+                continue
+            if 1950 <= when.year <= 2100:
+                return (when - dt.date(1970, 1, 1)).days, f"{year}{month}{day}" + (f"T{time}" if time else "")
+    return None
 
 
 def normalise_tile(tile: str | None) -> str | None:
