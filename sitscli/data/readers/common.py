@@ -28,7 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window, from_bounds
 
 from sitscli.core.dates import iso
-from sitscli.core.errors import ConfigError, DataContentError, DataFormatError, InputNotFoundError
+from sitscli.core.errors import DataContentError, DataFormatError, InputNotFoundError
 from sitscli.data.cube import Cube, Grid
 
 # The 10 bands used by default: the 60 m atmospheric bands B01 and B09 are left out, as in

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ class PlanetScopeCube(Cube):
                 indexes = [scene.bands.index(b) + 1 for b in self.band_names]
                 fill = PLANET_FILL if ds.nodata is None else None
                 reflectance = read_onto(ds, indexes, self.fine_grid, fine, Resampling.bilinear,
-                                        prepare=lambda data, fill=fill: _without_fill(data, fill))
+                                        prepare=partial(_without_fill, fill=fill))
                 take = todo & np.isfinite(reflectance).all(axis=0)
                 values[i][:, take] = (reflectance[:, take] * SCALE).astype(np.float32)
                 valid[i] |= take
@@ -135,7 +136,8 @@ def open_planetscope(path, grid: Grid, *, date_range: tuple[int, int] | None = N
     """
     path = require_exists(path, "PlanetScope folder")
     if int(factor) != factor or factor < 1:
-        raise ConfigError(f"PlanetScope factor {factor!r}: give a whole number >= 1 (3 makes 10/3 m pixels on a 10 m grid)")
+        raise ConfigError(f"PlanetScope factor {factor!r}: give a whole number >= 1 (3 makes 10/3 m pixels on a "
+                          "10 m grid)")
     scenes = in_date_range(scan(path, grid), date_range, path, "PlanetScope scene")
     kept = [s for s in scenes if intersects(s.footprint, grid.bounds)]
     if not kept:
@@ -153,16 +155,19 @@ def scan(root: Path, grid: Grid) -> list[PsScene]:
     for file in files:
         match = SCENE_FILE.match(file.name)
         if match is None:
-            raise DataFormatError(f"{file} is not a PlanetScope analytic file (e.g. 20200815_101512_1035_3B_AnalyticMS_SR_clip.tif)")
+            raise DataFormatError(f"{file} is not a PlanetScope analytic file (e.g. "
+                                  "20200815_101512_1035_3B_AnalyticMS_SR_clip.tif)")
         udm2 = _udm2_of(file, match["scene"], match["clip"] or "")
         when = date_in_name(match["scene"].replace("_", "T", 1))  # '20200815_101512' -> '20200815T101512'
         if when is None:
-            raise DataFormatError(f"PlanetScope scene {file.name} does not start with a valid date: keep Planet's file names")
+            raise DataFormatError(f"PlanetScope scene {file.name} does not start with a valid date: keep Planet's "
+                                  "file names")
         date, stamp = when
         with open_raster(str(file)) as ds:
             bands = {4: BANDS_4, 8: BANDS_8}.get(ds.count)
             if bands is None:
-                raise DataFormatError(f"PlanetScope scene {file} has {ds.count} bands, not 4 (blue, green, red, nir) or 8 "
+                raise DataFormatError(f"PlanetScope scene {file} has {ds.count} bands, not 4 (blue, green, red, nir) "
+                                      "or 8 "
                                       "(SR_8b): use the AnalyticMS_SR files")
             bounds = footprint(ds, grid)
         scenes.append(PsScene(match["scene"], date, stamp, str(file), str(udm2), bands, bounds))

@@ -287,7 +287,8 @@ def _select_orbit(acquisitions: list[S1Acquisition], orbit: str, root: Path) -> 
     unknown = [a.product for a in acquisitions if a.orbit == "unknown"]
     if unknown:
         raise ConfigError(f"cannot tell the orbit direction of {len(unknown)} Sentinel-1 file(s) in {root} (e.g. "
-                          f"{unknown[0]}): put ASC or DESC in their names or an ORBIT_DIRECTION tag in them, or read both orbits")
+                          f"{unknown[0]}): put ASC or DESC in their names or an ORBIT_DIRECTION tag in them, "
+                          "or read both orbits")
     kept = [a for a in acquisitions if a.orbit == orbit]
     if not kept:
         counts = Counter(a.orbit for a in acquisitions)
@@ -301,7 +302,8 @@ def _polarisation_pair(acquisitions: list[S1Acquisition], root: Path) -> tuple[s
     present = {p for a in acquisitions for p in a.layers}
     pairs = [pair for pair in PAIRS if present & set(pair)]
     if len(pairs) != 1:
-        raise DataFormatError(f"{root} mixes VV/VH and HH/HV acquisitions: put each pair of polarisations in its own folder")
+        raise DataFormatError(f"{root} mixes VV/VH and HH/HV acquisitions: put each pair of polarisations in its "
+                              "own folder")
     pair = pairs[0]
     for acq in acquisitions:
         missing = [p for p in pair if p not in acq.layers]

@@ -112,7 +112,8 @@ def open_vhr(path, grid: Grid, *, bands=None, resolution: float | None = None, m
         max_open: most tiles held open at once.
     """
     path = require_exists(path, "very-high-resolution image")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
     if not files:
         raise DataFormatError(f"no image in {path}: give an ortho GeoTIFF or a folder of them (.tif, .tiff, .jp2)")
     if resolution is not None and not resolution > 0:
@@ -171,7 +172,8 @@ def _bands(first: dict, bands, file: Path) -> tuple[list[int], list[str]]:
                                   "name only the bands it holds, in file order")
         return data[:len(wanted)], wanted
     if len(data) not in DEFAULT_NAMES:
-        raise ConfigError(f"{file} has {len(data)} bands without descriptions: name them in file order with --vhr-bands")
+        raise ConfigError(f"{file} has {len(data)} bands without descriptions: name them in file order with "
+                          "--vhr-bands")
     return data, DEFAULT_NAMES[len(data)]
 
 
@@ -217,5 +219,6 @@ def _date_of(file: Path, root: Path, tags: dict) -> int | None:
 def _one_date(dates: list[int | None], path: Path) -> int | None:
     known = sorted({d for d in dates if d is not None})
     if len(known) > 1:
-        log(f"{path}: tiles of {len(known)} dates ({iso(known[0])} to {iso(known[-1])}): the image is dated {iso(known[0])}")
+        log(f"{path}: tiles of {len(known)} dates ({iso(known[0])} to {iso(known[-1])}): the image is dated "
+            f"{iso(known[0])}")
     return known[0] if known else None

@@ -42,7 +42,8 @@ def fine_window(window: Window, factor: int) -> Window:
 def footprint(ds, grid: Grid) -> Bounds:
     """The bounds of dataset `ds` in the grid's CRS; a one-line error when they cannot be computed."""
     if ds.crs is None:
-        raise DataFormatError(f"{ds.name} has no coordinate reference system (georeference it, e.g. gdal_edit.py -a_srs)")
+        raise DataFormatError(f"{ds.name} has no coordinate reference system (georeference it, e.g. "
+                              "gdal_edit.py -a_srs)")
     if ds.crs == grid.crs:
         return tuple(ds.bounds)
     try:
