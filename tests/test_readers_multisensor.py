@@ -60,8 +60,9 @@ def db_field(offset: float) -> np.ndarray:
     return (-5.0 - 0.01 * (rows * N + cols) - offset).astype(np.float32)
 
 
-def asf_name(stamp: str, pol: str) -> str:
-    return f"S1A_IW_{stamp}_DVP_RTC10_G_gpuned_1A2B_{pol}.tif"
+def asf_name(stamp: str, pol: str, scale: str = "d") -> str:
+    """An ASF RTC file name; `scale` p (power), d (dB) or a (amplitude)."""
+    return f"S1A_IW_{stamp}_DVP_RTC10_G_g{scale}uned_1A2B_{pol}.tif"
 
 
 def test_s1_db_per_polarisation_reads_back_exactly(tmp_path):
@@ -157,10 +158,21 @@ def test_s1_orbits_merge_and_selection(tmp_path):
     assert open_s1(tmp_path / "tag", GRID, orbit="descending").orbits == ["descending"]
 
 
-def test_s1_hh_hv(tmp_path):
+def test_s1_hh_hv_described_single_band_files(tmp_path):
     for pol in ("HH", "HV"):
-        write_tif(tmp_path / "s1" / f"S1A_EW_20200815_{pol}.tif", db_field(0))
-    assert open_s1(tmp_path / "s1", GRID).band_names == ["HH", "HV", "HH/HV"]
+        write_tif(tmp_path / "s1" / f"S1A_EW_20200815_{pol}.tif", db_field(0), descriptions=[pol])
+    cube = open_s1(tmp_path / "s1", GRID)
+    assert cube.band_names == ["HH", "HV", "HH/HV"] and len(cube.dates) == 1
+
+
+def test_s1_asf_scale_letter(tmp_path):
+    """ASF's p / d / a scale letter is believed over a sample: amplitude is squared to power."""
+    power = (10 ** (db_field(0) / 10)).astype(np.float32)
+    for pol in ("VV", "VH"):
+        write_tif(tmp_path / "amp" / asf_name("20200815T055130", pol, "a"), np.sqrt(power))
+        write_tif(tmp_path / "pow" / asf_name("20200815T055130", pol, "p"), power)
+    np.testing.assert_allclose(open_s1(tmp_path / "amp", GRID).read()[0][0, 0], db_field(0), atol=1e-4)
+    np.testing.assert_allclose(open_s1(tmp_path / "pow", GRID).read()[0][0, 0], db_field(0), atol=1e-4)
 
 
 def test_s1_bad_inputs(tmp_path):

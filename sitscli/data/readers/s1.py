@@ -15,9 +15,10 @@ Date: the first YYYYMMDD of the file name, else of its folders. Orbit direction:
 `orbit_direction` or `orbitProperties_pass` (GEE) tag, else "unknown". Ascending and descending
 passes see the ground from opposite sides; `orbit` keeps one or both.
 
-Units, per file: a `db` token in the name or band description, or the band's unit, says dB;
-`linear` says linear power; otherwise a small sample decides: dB when most valid values are
-negative (linear power never is). The cube is in dB: VV, VH and VV/VH = VV_dB - VH_dB, the three
+Units, per file: ASF's scale letter (`_RTC10_G_gpuned_`: p power, d dB, a amplitude), a `db`
+token in the name or band description, or the band's unit, says dB; `linear` says linear power;
+otherwise a small sample decides: dB when most valid values are negative (linear power never is).
+Amplitude (ASF only) is squared to power. The cube is in dB: VV, VH and VV/VH = VV_dB - VH_dB, the three
 Sentinel-1 channels of OmniSat (Astruc et al., ECCV 2024). With HH/HV data the bands are HH, HV and
 HH/HV.
 
@@ -54,6 +55,9 @@ SUFFIXES = (".tif", ".tiff")
 POLARISATION = re.compile(r"(?<![A-Za-z0-9])(VV|VH|HH|HV)(?![A-Za-z0-9])", re.IGNORECASE)
 DB_TOKEN = re.compile(r"(?<![A-Za-z0-9])(db|decibels?)(?![A-Za-z0-9])", re.IGNORECASE)
 LINEAR_TOKEN = re.compile(r"(?<![A-Za-z0-9])(linear|lin|power)(?![A-Za-z0-9])", re.IGNORECASE)
+# ASF RTC product options after the RTC resolution: radiometry (g/s), then scale (p power, d dB, a amplitude).
+ASF_SCALE = re.compile(r"_RTC\d+_[A-Z]_[gs](?P<scale>[pda])[a-z]{4}(?![A-Za-z0-9])")
+ASF_SCALES = {"p": "linear", "d": "db", "a": "amplitude"}
 ORBIT_TOKEN = re.compile(r"(?<![A-Za-z0-9])(asc|ascending|desc|descending)(?![A-Za-z0-9])", re.IGNORECASE)
 ORBIT_TAGS = ("ORBIT_DIRECTION", "orbit_direction", "orbitProperties_pass")
 ORBITS = ("both", "ascending", "descending")
@@ -67,11 +71,12 @@ NAMING = "name files like S1A_20200815_VV.tif (a YYYYMMDD date and a VV/VH/HH/HV
 
 @dataclass(frozen=True)
 class S1Layer:
-    """One polarisation of one acquisition: band `index` of `path`, in dB when `db` (None: not yet known)."""
+    """One polarisation of one acquisition: band `index` of `path` in `scale` units: 'db', 'linear'
+    (power) or 'amplitude' (None: not yet known)."""
 
     path: str
     index: int
-    db: bool | None = None
+    scale: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +138,7 @@ class S1Cube(Cube):
         """values (3, h, w) float32 dB (0 where invalid), valid (h, w) of one acquisition."""
         power = np.stack([
             read_onto(self._pool.get(layer.path), [layer.index], self.grid, window, Resampling.bilinear,
-                      prepare=partial(to_linear, db=layer.db))[0]
+                      prepare=partial(to_linear, scale=layer.scale))[0]
             for layer in (acq.layers[p] for p in self.polarisations)
         ])  # (2, h, w) linear power, NaN where invalid
         valid = np.all(power >= BORDER_NOISE, axis=0)  # NaN compares False
@@ -149,10 +154,15 @@ class S1Cube(Cube):
         return summary
 
 
-def to_linear(data: np.ndarray, *, db: bool) -> np.ndarray:
-    """Linear power (same shape, float64) of dB or linear values; NaN where not a backscatter:
-    non-positive power and border noise below `BORDER_NOISE`."""
-    power = np.power(10.0, data / 10) if db else data.astype(np.float64, copy=True)
+def to_linear(data: np.ndarray, *, scale: str) -> np.ndarray:
+    """Linear power (same shape, float64) of dB, linear power or amplitude values; NaN where not a
+    backscatter: non-positive power and border noise below `BORDER_NOISE`."""
+    if scale == "db":
+        power = np.power(10.0, data / 10)
+    elif scale == "amplitude":
+        power = np.where(data > 0, np.square(data), np.nan)
+    else:
+        power = data.astype(np.float64, copy=True)
     power[~(power >= BORDER_NOISE)] = np.nan
     return power
 
@@ -205,7 +215,7 @@ def scan(root: Path, grid: Grid) -> list[S1Acquisition]:
     left_out = []
     for file in _rasters(root):
         with open_raster(str(file)) as ds:
-            bands, from_name = _polarisations(file, ds)
+            bands = _polarisations(file, ds)
             if not bands:
                 left_out.append(file.name)
                 continue
@@ -216,8 +226,8 @@ def scan(root: Path, grid: Grid) -> list[S1Acquisition]:
                                       "a folder name)")
             bounds = footprint(ds, grid)
             orbit = _orbit(file.name, folders, ds.tags())
-        # The files of one acquisition differ only by their polarisation token.
-        key = (str(file.parent), POLARISATION.sub("", file.stem)) if from_name and len(bands) == 1 else (str(file),)
+        # The single-polarisation files of one acquisition differ only by their polarisation token.
+        key = (str(file.parent), POLARISATION.sub("", file.stem)) if len(bands) == 1 else (str(file),)
         entry = grouped.setdefault(key, {"when": when, "orbit": orbit, "layers": {}, "bounds": [], "files": []})
         for pol, index in bands.items():
             if pol in entry["layers"]:
@@ -237,19 +247,19 @@ def scan(root: Path, grid: Grid) -> list[S1Acquisition]:
                           layers=e["layers"], footprint=_union(e["bounds"])) for e in grouped.values()]
 
 
-def _polarisations(file: Path, ds) -> tuple[dict[str, int], bool]:
-    """({polarisation: band index}, whether it came from the file name) of one file."""
+def _polarisations(file: Path, ds) -> dict[str, int]:
+    """{polarisation: band index} of one file, from its band descriptions, else its name."""
     described = {}
     for index, text in enumerate(ds.descriptions, start=1):
         found = POLARISATION.findall(text or "")
         if len(found) == 1:
             described.setdefault(found[0].upper(), index)
     if described:
-        return described, False
+        return described
     named = [p.upper() for p in POLARISATION.findall(file.stem)]
     if not named or len(named) > ds.count:
-        return {}, False
-    return {pol: index for index, pol in enumerate(named, start=1)}, True
+        return {}
+    return {pol: index for index, pol in enumerate(named, start=1)}
 
 
 def _orbit(name: str, folders: list[str], tags: dict) -> str:
@@ -314,25 +324,28 @@ def _polarisation_pair(acquisitions: list[S1Acquisition], root: Path) -> tuple[s
 
 
 def _with_units(acq: S1Acquisition, units: str, grid: Grid) -> S1Acquisition:
-    layers = {pol: replace(layer, db=_is_db(layer, units, grid)) for pol, layer in acq.layers.items()}
+    layers = {pol: replace(layer, scale=_scale_of(layer, units, grid)) for pol, layer in acq.layers.items()}
     return replace(acq, layers=layers)
 
 
-def _is_db(layer: S1Layer, units: str, grid: Grid) -> bool:
-    """Whether a layer holds dB: as told, else from the name, band description or unit, else a sample."""
+def _scale_of(layer: S1Layer, units: str, grid: Grid) -> str:
+    """'db', 'linear' or 'amplitude': as told, else from the name, band description or unit, else a sample."""
     if units != "auto":
-        return units == "db"
+        return units
+    asf = ASF_SCALE.search(Path(layer.path).name)
+    if asf:
+        return ASF_SCALES[asf["scale"]]
     with open_raster(layer.path) as ds:
         hints = (Path(layer.path).stem, ds.descriptions[layer.index - 1] or "", ds.units[layer.index - 1] or "")
         if any(DB_TOKEN.search(text) for text in hints):
-            return True
+            return "db"
         if any(LINEAR_TOKEN.search(text) for text in hints):
-            return False
+            return "linear"
         sample = _sample(ds, layer.index, grid)
     if sample.size == 0:
         log(f"{layer.path}: no valid value to tell dB from linear power; read as linear power")
-        return False
-    return bool(np.mean(sample < 0) > 0.5)
+        return "linear"
+    return "db" if np.mean(sample < 0) > 0.5 else "linear"
 
 
 def _sample(ds, index: int, grid: Grid) -> np.ndarray:
