@@ -87,7 +87,7 @@ def prepare_cube(cube: Cube, out: str | Path, *, labels: str | Path, class_field
                         mode="pixel" if patch_size is None else "patch", patch_size=patch_size,
                         crs=cube.grid.crs.to_wkt(), config=config, overwrite=overwrite,
                         modalities=others.modalities(patch_size) if others else (), keep_cloudy=keep_cloudy,
-                        cloud_source=getattr(cube, "cloud_source", "") if keep_cloudy else "") as writer:
+                        cloud_source=(getattr(cube, "cloud_source", None) or "") if keep_cloudy else "") as writer:
         reader = _SampleReader(cube, others, keep_cloudy)
         if patch_size is None:
             _write_pixels(reader, found, writer, max_per_polygon=max_per_polygon or None, unlabeled=unlabeled,
