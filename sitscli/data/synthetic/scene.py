@@ -51,7 +51,7 @@ def agronomic_years(years: int) -> list[tuple[str, str]]:
     return [(f"{FIRST_YEAR + y}-10-01", f"{FIRST_YEAR + y + 1}-09-30") for y in range(years)]
 
 
-def _season_cloudiness(date: dt.date) -> float:
+def season_cloudiness(date: dt.date) -> float:
     """Mean cloud cover by day of year: ~0.7 in mid-winter, ~0.35 in mid-summer (south-west France)."""
     doy = date.timetuple().tm_yday
     return 0.525 + 0.175 * np.cos(2 * np.pi * (doy - 15) / 365.25)
@@ -68,7 +68,7 @@ def calendar(years: int, seed: int) -> list[Acquisition]:
     out = []
     date, i = FIRST_DATE, 0
     while date <= end:
-        m = _season_cloudiness(date)
+        m = season_cloudiness(date)
         cover = float(rng.beta(1.2 * m, 1.2 * (1 - m)))
         out.append(Acquisition(i, date, "S2B" if i % 2 == 0 else "S2A", cover))
         date, i = date + dt.timedelta(days=5), i + 1
@@ -265,3 +265,25 @@ def scene_classification(refl: np.ndarray, sky: Sky, water: np.ndarray) -> np.nd
     scl = np.where(opacity >= 0.6, SCL_CLOUD_HIGH, scl)
     scl = np.where(agg(sky.nodata) >= 0.5, SCL_NODATA, scl)
     return scl.astype(np.uint8)
+
+
+def fine_size(pixels: int, resolution: float) -> int:
+    """Pixels of `resolution` metres that cover `pixels` 10 m pixels (the last one may reach beyond)."""
+    return int(np.ceil(pixels * 10.0 / resolution - 1e-6))
+
+
+def fine_coordinates(start: int, stop: int, resolution: float, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where fine pixels start..stop-1 (of `resolution` m, from the 10 m grid's origin) fall on the 10 m grid.
+
+    Returns (position, index), each (stop - start,): the fine pixel centre in 10 m pixel units with
+    10 m pixel centres at integers (for bilinear sampling), and the 10 m pixel holding the centre
+    (clipped to `pixels` - 1), so that parcel borders stay sharp at the fine resolution.
+    """
+    centre = (np.arange(start, stop) + 0.5) * resolution / 10.0
+    return (centre - 0.5).astype(np.float32), np.minimum(centre.astype(np.int64), pixels - 1)
+
+
+def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(h, w) samples of a 2-D `image` at the outer product of fractional `rows` (h,) and `cols` (w,)."""
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(image, [r, c], order=1, mode="nearest").astype(np.float32)

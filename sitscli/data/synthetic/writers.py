@@ -108,20 +108,25 @@ def _grid(transform: Affine, res: int) -> Affine:
     return Affine(float(res), 0.0, transform.c, 0.0, -float(res), transform.f)
 
 
-def _write_raster(path: Path, data: np.ndarray, transform: Affine, options: dict, nodata=None,
+def raster_profile(options: dict, shape: tuple[int, int, int], dtype, transform: Affine, nodata=None) -> dict:
+    """rasterio profile of a (bands, h, w) raster in the scene CRS; GTiff blocks shrink on small rasters."""
+    profile = dict(options, width=shape[2], height=shape[1], count=shape[0], dtype=dtype, crs=CRS,
+                   transform=transform, nodata=nodata)
+    if options["driver"] == "GTiff" and min(shape[1:]) < 256:
+        profile.update(blockxsize=128 if min(shape[1:]) >= 128 else 16,
+                       blockysize=128 if min(shape[1:]) >= 128 else 16)
+    return profile
+
+
+def write_raster(path: Path, data: np.ndarray, transform: Affine, options: dict, nodata=None,
                   descriptions: tuple[str, ...] | None = None, **tags) -> None:
     """Write a 2-D array (or (bands, h, w)) with the CRS and the given creation options.
 
     `descriptions` names the bands (GDAL band descriptions); `tags` go to the dataset metadata.
     """
     data = data if data.ndim == 3 else data[None]
-    profile = dict(options, width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype, crs=CRS, transform=transform, nodata=nodata)
-    if options["driver"] == "GTiff" and min(data.shape[1:]) < 256:
-        profile.update(blockxsize=128 if min(data.shape[1:]) >= 128 else 16,
-                       blockysize=128 if min(data.shape[1:]) >= 128 else 16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
+    with rasterio.open(path, "w", **raster_profile(options, data.shape, data.dtype, transform, nodata)) as dst:
         dst.write(data)
         for band, description in enumerate(descriptions or (), start=1):
             dst.set_band_description(band, description)
@@ -272,10 +277,10 @@ def write_safe(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: 
     offset = BOA_ADD_OFFSET if has_offset(name.baseline) else 0
     for band, res in RESOLUTION.items():
         values, nodata = at_resolution(refl, sky.nodata, band)
-        _write_raster(product / name.band_file(band), digital_numbers(values, nodata, offset),
+        write_raster(product / name.band_file(band), digital_numbers(values, nodata, offset),
                       _grid(transform, res), JP2_OPTIONS)
-    _write_raster(product / name.band_file("SCL"), scl, _grid(transform, 20), JP2_OPTIONS)
-    _write_raster(product / name.cloud_probability_file, cloud_probability(sky), _grid(transform, 20), JP2_OPTIONS)
+    write_raster(product / name.band_file("SCL"), scl, _grid(transform, 20), JP2_OPTIONS)
+    write_raster(product / name.cloud_probability_file, cloud_probability(sky), _grid(transform, 20), JP2_OPTIONS)
     (product / "MTD_MSIL2A.xml").write_bytes(product_metadata(name, scl))
     (product / "GRANULE" / name.granule / "MTD_TL.xml").write_bytes(tile_metadata(name, transform, refl.shape[1:]))
     if not zipped:
@@ -315,15 +320,15 @@ def write_cog(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: n
     assets = {}
     for band, res in RESOLUTION.items():
         values, nodata = at_resolution(refl, sky.nodata, band)
-        _write_raster(product / f"{band}.tif", digital_numbers(values, nodata, offset), _grid(transform, res),
+        write_raster(product / f"{band}.tif", digital_numbers(values, nodata, offset), _grid(transform, res),
                       COG_OPTIONS, nodata=0)
         assets[band] = {"href": f"./{band}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                         "gsd": res, "raster:bands": [{"data_type": "uint16", "nodata": 0, "scale": 1 / QUANTIFICATION,
                                                       "offset": offset / QUANTIFICATION}]}
-    _write_raster(product / "SCL.tif", scl, _grid(transform, 20), COG_OPTIONS, nodata=0)
+    write_raster(product / "SCL.tif", scl, _grid(transform, 20), COG_OPTIONS, nodata=0)
     assets["SCL"] = {"href": "./SCL.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "gsd": 20}
     # The cloud probability beside the bands (not listed in the item, which stays as catalogues serve it).
-    _write_raster(product / "CLD.tif", cloud_probability(sky), _grid(transform, 20), COG_OPTIONS)
+    write_raster(product / "CLD.tif", cloud_probability(sky), _grid(transform, 20), COG_OPTIONS)
     pct = scl_percentages(scl)
     item = {
         "type": "Feature", "stac_version": "1.0.0", "stac_extensions": STAC_EXTENSIONS, "id": name.cog,
@@ -371,15 +376,15 @@ def write_theia(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, tran
         data = np.clip(np.rint(values * QUANTIFICATION), -9999, 32767).astype(np.int16)
         data[nodata] = THEIA_NODATA
         for kind in ("FRE", "SRE"):
-            _write_raster(product / f"{name.theia}_{kind}_{code}.tif", data, _grid(transform, RESOLUTION[band]),
+            write_raster(product / f"{name.theia}_{kind}_{code}.tif", data, _grid(transform, RESOLUTION[band]),
                           TIFF_OPTIONS, nodata=THEIA_NODATA)
     clm, edg = cloud_bits(sky), sky.nodata.astype(np.uint8)
     for level, factor in (("R1", 1), ("R2", 2)):
         coarse_clm = clm if factor == 1 else _any_bits(clm, factor)
         coarse_edg = edg if factor == 1 else (block_mean(edg.astype(np.float32), factor) > 0).astype(np.uint8)
         grid = _grid(transform, 10 * factor)
-        _write_raster(product / "MASKS" / f"{name.theia}_CLM_{level}.tif", coarse_clm, grid, TIFF_OPTIONS)
-        _write_raster(product / "MASKS" / f"{name.theia}_EDG_{level}.tif", coarse_edg, grid, TIFF_OPTIONS)
+        write_raster(product / "MASKS" / f"{name.theia}_CLM_{level}.tif", coarse_clm, grid, TIFF_OPTIONS)
+        write_raster(product / "MASKS" / f"{name.theia}_EDG_{level}.tif", coarse_edg, grid, TIFF_OPTIONS)
     return name.theia
 
 
