@@ -153,6 +153,7 @@ complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcom
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l zipped -l no-zipped -d 'Write .SAFE.zip archives (safe layout).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l baseline -rF -d 'Force the processing baseline, e.g. 02.14 or 04.00 (default: the baseline of each date).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l workers -rF -d 'Processes rendering dates in parallel (default 1; the bytes are the same).'
+complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l sensors -rF -d 's2 plus any of s1, planetscope, vhr, e.g. s2,s1,planetscope,vhr: the same parcels seen by each (default s2).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l overwrite -l no-overwrite -d 'Replace an existing output.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l config -rF -d 'YAML file of options (keys as the long flags with _); flags win. A dataset\'s config.yaml prepares it again.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from synthetic' -l json -d 'Print the summary as JSON on stdout.'

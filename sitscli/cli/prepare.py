@@ -75,6 +75,7 @@ def _l2a_lines(path: Path, s: dict) -> list[str]:
             f"{len(s['years'])} agronomic year(s) from {s['years'][0][0]})",
             f"labels: {s['labels']} (class field {s['class_field']} for the first year; {len(s['classes'])} classes)",
             f"changed parcels: {s['changes']}",
+            *[f"{name}: {s[name]}" for name in ("s1", "planetscope", "vhr") if name in s],
             f"next: sits prepare s2 {s['l2a']} --labels {s['labels']} --class-field {s['class_field']} "
             f"--dates {s['years'][0][0]}:{s['years'][0][1]} --out {path.name}.sits"]
 
@@ -196,11 +197,14 @@ def prepare_synthetic_command(
                                            "(default: the baseline of each date)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering dates in parallel "
                                           "(default 1; the bytes are the same)."),
+    sensors: Optional[str] = typer.Option(None, "--sensors", help="s2 plus any of s1, planetscope, vhr, e.g. "
+                                          "s2,s1,planetscope,vhr: the same parcels seen by each (default s2)."),
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
     as_json: bool = _JSON,
 ) -> None:
     """Write synthetic Sentinel-2 L2A demo data: a farmed area with clouds, its parcels and crop changes."""
     _run("synthetic", {"out": out, "layout": layout, "size": size, "seed": seed, "difficulty": difficulty,
-                       "years": years, "zipped": zipped, "baseline": baseline, "workers": workers, "overwrite": overwrite},
+                       "years": years, "zipped": zipped, "baseline": baseline, "workers": workers, "sensors": sensors,
+                       "overwrite": overwrite},
          config_file, as_json)

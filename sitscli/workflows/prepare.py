@@ -45,7 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "synthetic": {
         "out": None, "layout": "safe", "size": 256, "seed": 0, "difficulty": 0.3, "years": 2, "zipped": False,
-        "baseline": None, "workers": 1, "overwrite": False,
+        "baseline": None, "workers": 1, "sensors": "s2", "overwrite": False,
     },
 }
 # What each source cannot do without (the first is the positional argument of `sits prepare SOURCE`).
@@ -212,11 +212,13 @@ def _run_synthetic(o: dict) -> PrepareResult:
 
     scene = write_synthetic(_path(o["out"]), size=int(o["size"]), seed=int(o["seed"]), layout=o["layout"],
                             years=int(o["years"]), difficulty=float(o["difficulty"]), zipped=bool(o["zipped"]),
-                            baseline=o["baseline"], workers=int(o["workers"]), overwrite=bool(o["overwrite"]))
+                            baseline=o["baseline"], workers=int(o["workers"]), sensors=_names(o["sensors"]) or (),
+                            overwrite=bool(o["overwrite"]))
     summary = {
         "l2a": str(scene.l2a), "labels": str(scene.parcels), "class_field": scene.class_field, "changes": str(scene.changes),
         "layout": scene.layout, "tile": scene.tile, "crs": scene.crs, "dates": len(scene.dates),
-        "classes": list(scene.class_names), "years": [list(y) for y in scene.years],
+        "classes": list(scene.class_names), "years": [list(y) for y in scene.years], "sensors": list(scene.sensors),
+        **{name: str(getattr(scene, name)) for name in ("s1", "planetscope", "vhr") if getattr(scene, name) is not None},
     }
     return PrepareResult(Path(scene.root), "l2a", summary)
 
