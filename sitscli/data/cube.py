@@ -80,7 +80,8 @@ class Cube(ABC):
         return self.read(window, times)[1]
 
     def read_cloud(self, window: Window | None = None, times: np.ndarray | None = None) -> np.ndarray:
-        """Cloud level (t, h, w) uint8, 0 (clear) to 31 (surely cloudy), of the observation `read` keeps.
+        """Cloud level (t, h, w) uint8, 0 (clear) to 31 (surely cloudy), of the observation `read` keeps
+        (the first clear one of the day, else the first with data, else the day's first acquisition).
 
         Raises ConfigError on a cube without cloud information (`cloud_source` None).
         """

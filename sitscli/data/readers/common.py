@@ -328,7 +328,8 @@ class AcquisitionCube(Cube):
         """Merge each date's acquisitions: values (t, C, h, w), valid (t, h, w), cloud (t, h, w) uint8.
 
         A pixel takes the first valid acquisition, else (keep_cloudy and cloud level) the first with
-        data. Without `values`, a date of one acquisition reads its cloud raster only.
+        data; a pixel without data anywhere takes the cloud level of the day's first acquisition.
+        Without `values`, a date of one acquisition reads its cloud raster only.
         """
         bounds = window_bounds(window, self.grid)
         h, w = int(window.height), int(window.width)
@@ -349,7 +350,9 @@ class AcquisitionCube(Cube):
                 if values:
                     keep = take if self.keep_cloudy else take & acq_valid
                     out[i][:, keep] = acq_values[:, keep]
-                if cloud and take.any():
+                if cloud and acq is slot[0]:  # everywhere: later acquisitions overwrite the pixels they take
+                    levels[i] = self._read_cloud_level(acq, bounds, (h, w))
+                elif cloud and take.any():
                     levels[i][take] = self._read_cloud_level(acq, bounds, (h, w))[take]
                 valid[i] |= take & acq_valid
                 filled |= take

@@ -132,7 +132,7 @@ class StackCube(Cube):
         return values, valid
 
     def _read_cloud(self, window, times) -> np.ndarray:
-        """Cloud level of the layer `read` keeps: the first valid one, else the first with data."""
+        """Cloud level of the layer `read` keeps: the first valid one, else the first with data, else the first."""
         ds = self._pool.get(str(self.source))
         bounds = window_bounds(window, self.grid)
         shape = (int(window.height), int(window.width))
@@ -141,14 +141,16 @@ class StackCube(Cube):
         for i, t in enumerate(times):
             slot = self._slots[t]
             valid, filled = np.zeros(shape, bool), np.zeros(shape, bool)
-            for layers, mask_layer in slot:
-                mask = np.ma.getdata(read_on_grid(ds, int(mask_layer), bounds, shape, Resampling.nearest))
+            for k, (layers, mask_layer) in enumerate(slot):
+                level = cloud_level(np.ma.getdata(read_on_grid(ds, int(mask_layer), bounds, shape, Resampling.nearest)),
+                                    kind)
+                if k == 0:  # everywhere: later layers overwrite the pixels they take
+                    levels[i] = level
                 if len(slot) == 1:  # nothing to choose between: no need to read the bands
-                    levels[i] = cloud_level(mask, kind)
                     break
                 _, layer_valid, layer_data = self._read_layers(layers, mask_layer, bounds, shape, ds)
                 take = (layer_valid & ~valid) | (layer_data & ~filled)
-                levels[i][take] = cloud_level(mask, kind)[take]
+                levels[i][take] = level[take]
                 valid |= take & layer_valid
                 filled |= take
         return levels
