@@ -46,12 +46,13 @@ def test_pixel_mode_all_sensors_under_the_right_pixel(cli, scene, tmp_path):
     rows, cols = rasterio.transform.rowcol(cube.grid.transform, raw["xy"][:, 0], raw["xy"][:, 1])
     rows, cols = np.asarray(rows), np.asarray(cols)
     # Sentinel-1: the stored series is the reader's series at the sample's own pixel, in 0.01 dB
-    s1 = open_s1(scene.s1, cube.grid)
+    period = (int(cube.dates.min()), int(cube.dates.max()))  # other sensors are read over the Sentinel-2 period
+    s1 = open_s1(scene.s1, cube.grid, date_range=period)
     i = int(np.argmax(raw["s1_valid"].sum(axis=1)))
     values, valid = s1.read(Window(int(cols[i]), int(rows[i]), 1, 1))
     np.testing.assert_allclose(raw["s1_x"][i] / 100, np.where(valid[:, None, 0, 0], values[:, :, 0, 0], 0), atol=0.006)
     # PlanetScope: the 3 x 3 block of 3.33 m pixels inside that Sentinel-2 pixel
-    ps = open_planetscope(scene.planetscope, cube.grid)
+    ps = open_planetscope(scene.planetscope, cube.grid, date_range=period)
     values, valid = ps.read(Window(int(cols[i]), int(rows[i]), 1, 1))
     assert raw["ps_x"].shape[1:] == (len(ps.dates), 4, 3, 3)
     np.testing.assert_allclose(raw["ps_x"][i] / 1e4, np.where(valid[:, None], values, 0), atol=6e-5)

@@ -142,7 +142,10 @@ def open_vhr(path, grid: Grid, *, bands=None, resolution: float | None = None, m
 
 
 def _header(ds) -> dict:
-    data = [i for i, kind in enumerate(ds.colorinterp, start=1) if kind != ColorInterp.alpha]
+    # A 4-band uint8 GeoTIFF written without PHOTOMETRIC is read by GDAL as RGBA: a band that has a
+    # name of its own (an ortho's NIR) is data all the same; only an unnamed alpha band is a mask.
+    data = [i for i, kind in enumerate(ds.colorinterp, start=1)
+            if kind != ColorInterp.alpha or (ds.descriptions[i - 1] or "alpha").lower() != "alpha"]
     return {"name": ds.name, "crs": ds.crs, "dtype": ds.dtypes[0], "width": ds.width, "data": data,
             "descriptions": [ds.descriptions[i - 1] for i in data]}
 

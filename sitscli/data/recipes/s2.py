@@ -105,11 +105,11 @@ class _SampleReader:
 
     def read(self, window: Window, times: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Sentinel-2 `values` (t, C, h, w), `valid` (t, h, w) and, kept cloudy, `cloud` (t, h, w) uint8."""
-        values, valid = self.cube.read(window, times)
-        out = {"values": values, "valid": valid}
-        if self.keep_cloudy:
-            out["cloud"] = self.cube.read_cloud(window, times)
-        return out
+        if not self.keep_cloudy:
+            values, valid = self.cube.read(window, times)
+            return {"values": values, "valid": valid}
+        values, valid, cloud = self.cube.read_with_cloud(window, times)  # one pass over the files
+        return {"values": values, "valid": valid, "cloud": cloud}
 
 
 # ------------------------------------------------------------------------------- pixel mode
