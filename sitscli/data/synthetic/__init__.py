@@ -50,7 +50,7 @@ from sitscli.data.synthetic.scene import (
 from sitscli.data.synthetic.sentinel1 import S1_LAYOUTS, UNITS, S1Writer, Sentinel1Model
 from sitscli.data.synthetic.vhr import RESOLUTIONS, write_vhr
 
-__all__ = ["SyntheticScene", "write_synthetic", "LAYOUTS", "SENSORS"]
+__all__ = ["SyntheticScene", "write_synthetic", "write_s1", "write_planetscope", "LAYOUTS", "SENSORS"]
 
 LAYOUTS = ("safe", "cog", "theia")
 SENSORS = ("s2", "s1", "planetscope", "vhr")

@@ -13,8 +13,9 @@ The colours come from the same parcels and cover curves as the Sentinel-2 series
 (the Sentinel-2 B04, B03, B02, B08 endmembers); on top, the texture that only a sub-metre view
 shows, per class:
 - crops: a row pattern (seed-drill passes, beds, tramlines as seen from the air) with a per-parcel
-  orientation and phase and a class-specific period and contrast (ROWS): cereals closer than
-  summer crops, wheat 3 m vs barley 5 m, maize 2.5 m vs soybean 4 m;
+  orientation and phase and a class-specific period (+-10 % per parcel) and contrast (ROWS):
+  wheat 3 m vs barley 5 m, maize 2.5 m vs soybean 4 m (not true row spacings, which a 1 m
+  pixel cannot resolve, but a pattern a texture model can learn);
 - deciduous forest: tree crowns, sunlit domes of 2.5-4.5 m radius on a jittered 7 m lattice,
   shaded gaps between them;
 - artificial: streets on a per-parcel rotated 45 m grid and rectangular roofs (terracotta tiles,
@@ -100,6 +101,7 @@ class VHRModel:
         self.salt = int(rng.integers(2 ** 62))
         self.angle = rng.uniform(0, np.pi, n).astype(np.float32)  # row / street orientation
         self.phase = rng.uniform(0, 1, n).astype(np.float32)
+        self.spacing = rng.uniform(0.9, 1.1, n).astype(np.float32)  # each farmer's drill: +-10 % of the class period
         self.classes = scene.classes_on(VHR_DATE)
         day = np.array([(VHR_DATE - dt.date(FIRST_YEAR, 10, 1)).days], np.float32)
         self.cover = scene.cover_at(day)[:, :, 0]  # (n, 3)
@@ -132,7 +134,7 @@ class VHRModel:
         period = np.array([ROWS[c.name].period if c.name in ROWS else 1.0 for c in CLASSES], np.float32)
         contrast = np.array([ROWS[c.name].contrast if c.name in ROWS else 0.0 for c in CLASSES], np.float32)
         angle = self.angle[ids]
-        across = (x * np.cos(angle) + y * np.sin(angle)) / period[classes] + self.phase[ids]
+        across = (x * np.cos(angle) + y * np.sin(angle)) / (period[classes] * self.spacing[ids]) + self.phase[ids]
         fractions[..., :2] *= (1 + contrast[classes] * np.cos(2 * np.pi * across))[..., None]
         meadow = classes == CLASS_INDEX["meadow"]
         grass = 1 + 0.12 * (hash01(np.floor(x / self.resolution), np.floor(y / self.resolution), self.salt) - 0.5)
