@@ -36,7 +36,8 @@ def bench_size(size: int, years: int, workdir: Path) -> dict:
     scene = write_synthetic(workdir / f"s2_{size}", size=size, seed=0, years=years)
     out["s2"] = {"seconds": round(time.perf_counter() - start, 2), **folder_stats(scene.l2a)}
     model = SceneModel(size, size, years, 0, 0.3)
-    writers = {"s1": lambda folder: write_s1(model, folder), "planetscope": lambda folder: write_planetscope(model, folder),
+    writers = {"s1": lambda folder: write_s1(model, folder),
+               "planetscope": lambda folder: write_planetscope(model, folder),
                "vhr": lambda folder: write_vhr(model, folder)}
     for name, write in writers.items():
         folder = workdir / f"{name}_{size}"

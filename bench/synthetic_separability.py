@@ -88,9 +88,11 @@ def vhr_features(scene, ids: np.ndarray, parcels: np.ndarray) -> np.ndarray:
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         nir, inside = image[3][window], mask[window]
         power = np.abs(np.fft.fft2(np.where(inside, nir - nir[inside].mean(), 0))) ** 2
-        fy, fx = np.meshgrid(np.fft.fftfreq(nir.shape[0], resolution), np.fft.fftfreq(nir.shape[1], resolution), indexing="ij")
+        fy, fx = np.meshgrid(np.fft.fftfreq(nir.shape[0], resolution), np.fft.fftfreq(nir.shape[1], resolution),
+                             indexing="ij")
         period = 1 / np.maximum(np.hypot(fy, fx), 1e-9)
-        shares = [power[(period >= lo) & (period < hi)].sum() / power.sum() for lo, hi in PERIOD_BANDS]
+        total = max(power.sum(), 1e-9)  # a uniform parcel has no texture at all
+        shares = [power[(period >= lo) & (period < hi)].sum() / total for lo, hi in PERIOD_BANDS]
         stats = [image[b][mask].mean() for b in range(4)] + [image[b][mask].std() for b in range(4)]
         out.append(stats + shares)
     return np.array(out)

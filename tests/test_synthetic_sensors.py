@@ -212,7 +212,7 @@ def test_cloud_probability_matches_the_scene_classification(scene):
 
 
 def test_bytes_repeat_and_do_not_depend_on_the_other_sensors(scene, tmp_path):
-    again = write_synthetic(tmp_path / "again", size=SIZE, seed=SEED, years=1, sensors=ALL, ps_every=PS_EVERY)
+    again = write_synthetic(tmp_path / "again", size=SIZE, seed=SEED, years=1, sensors=ALL, ps_every=PS_EVERY, workers=2)
     hashes = file_hashes(again.root)
     assert hashes == file_hashes(scene.root) and any(k.startswith("planetscope/") for k in hashes)
     alone = write_synthetic(tmp_path / "s2", size=SIZE, seed=SEED, years=1)
