@@ -23,9 +23,9 @@ _sits_words() {
         "sits info") words="--json --help -h"; subs="" ;;
         "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --colors --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare") words="s2 sitsbert-csv synthetic table timesen2crop --help -h"; subs="s2 sitsbert-csv synthetic table timesen2crop" ;;
-        "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --code-field --colors --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --code-field --colors --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --s1 --s1-orbit --s1-units --planetscope --vhr --vhr-bands --vhr-resolution --keep-cloudy --no-keep-cloudy --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare sitsbert-csv") words="--out -o --val --test --unlabeled --bands --year --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits prepare synthetic") words="--out -o --layout --size --seed --difficulty --years --zipped --no-zipped --baseline --workers --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits prepare synthetic") words="--out -o --layout --size --seed --difficulty --years --zipped --no-zipped --baseline --workers --sensors --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare table") words="--out -o --layout --id-col --date-col --label-col --band-cols --lon-col --lat-col --code-col --code-field --colors --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from sitscli.core.errors import DataContentError, OutputExistsError
 from sitscli.data.cube import Cube, Grid
 from sitscli.data.prepared import SCALE, open_prepared
-from sitscli.data.recipes.s2 import _read_pixels, prepare_cube
+from sitscli.data.recipes.s2 import _read_pixels, _SampleReader, prepare_cube
 
 CRS_UTM = CRS.from_epsg(32631)
 X0, Y0 = 400000.0, 4800000.0
@@ -111,7 +111,9 @@ def test_pixels_are_read_by_blocks_holding_samples_only():
     cube = ArrayCube()
     rows, cols = np.array([1, 3, 2, 33, 35]), np.array([2, 4, 3, 41, 44])  # two clusters, far apart
     seen = {}
-    for index, values, valid in _read_pixels(cube, rows, cols, block=10):
+    for index, s2, others in _read_pixels(_SampleReader(cube, None, keep_cloudy=False), rows, cols, block=10):
+        values, valid = s2["values"], s2["valid"]
+        assert others == {} and "cloud" not in s2
         want = expected_values(rows[index, None, None], cols[index, None, None], np.arange(T)[None, :, None],
                                np.arange(C)[None, None, :])
         np.testing.assert_allclose(values[valid], want[valid])

@@ -54,8 +54,24 @@ def _dataset(d: dict) -> list[Section]:
     counts.append(["total"] + [str(d["splits"].get(s, 0)) for s in splits])
     stats = d["band_stats"]
     bands = [[b, f"{stats['mean'][b]:.4f}", f"{stats['std'][b]:.4f}"] for b in d["bands"]]
-    return [("dataset", None, about), ("samples per class and split", ["class", *splits], counts),
-            (f"band statistics ({stats['from_split']} split, reflectance)", ["band", "mean", "std"], bands)]
+    sections = [("dataset", None, about), ("samples per class and split", ["class", *splits], counts),
+                (f"band statistics ({stats['from_split']} split, reflectance)", ["band", "mean", "std"], bands)]
+    if d.get("modalities"):
+        sections.append(_sensors(d["modalities"]))
+    return sections
+
+
+def _sensors(modalities: dict) -> Section:
+    """One row per sensor: dates, bands, resolution, clear fraction."""
+    rows = []
+    for name, m in modalities.items():
+        when = " to ".join(m["date_range"]) if m.get("date_range") else ("-" if name != "s2" else "")
+        note = ("kept cloudy" + (f" ({m['cloud_source']})" if m.get("cloud_source") else "")) if m.get("keep_cloudy") else ""
+        footprint = " x ".join(str(v) for v in m.get("footprint", [])) or "1"
+        rows.append([name, str(m["dates"]) + (f" ({when})" if when else ""), _names(m["bands"]), f"{m['resolution']:g} m",
+                     footprint if name != "s2" else "", f"{100 * m['clear_fraction']:.1f}%"
+                     if m.get("clear_fraction") is not None else "-", note])
+    return ("sensors", ["sensor", "dates", "bands", "resolution", "px per sample", "clear", "note"], rows)
 
 
 def _l2a(d: dict) -> list[Section]:

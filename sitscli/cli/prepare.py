@@ -62,9 +62,14 @@ def _run(source: str, flags: dict[str, Any], config_file: Optional[Path], as_jso
 def _dataset_lines(path: Path, s: dict) -> list[str]:
     splits = ", ".join(f"{name} {n}" for name, n in s["splits"].items())
     names = [f"{c['code']} {c['name']}" if "code" in c else c["name"] for c in s["classes"]]
-    return [f"dataset: {path} ({s['mode']}, {s['samples']} samples, {s['time_steps']} dates, {len(s['bands'])} bands)",
-            f"samples per split: {splits}",
-            f"classes ({len(names)}): {', '.join(names)}"]
+    lines = [f"dataset: {path} ({s['mode']}, {s['samples']} samples, {s['time_steps']} dates, {len(s['bands'])} bands)",
+             f"samples per split: {splits}",
+             f"classes ({len(names)}): {', '.join(names)}"]
+    others = [f"{name} ({m['dates']} dates, {len(m['bands'])} bands, {m['resolution']:g} m)"
+              for name, m in s.get("modalities", {}).items() if name != "s2"]
+    if others:
+        lines.append(f"other sensors: {'; '.join(others)}")
+    return lines
 
 
 def _l2a_lines(path: Path, s: dict) -> list[str]:
@@ -72,6 +77,7 @@ def _l2a_lines(path: Path, s: dict) -> list[str]:
             f"{len(s['years'])} agronomic year(s) from {s['years'][0][0]})",
             f"labels: {s['labels']} (class field {s['class_field']} for the first year; {len(s['classes'])} classes)",
             f"changed parcels: {s['changes']}",
+            *[f"{name}: {s[name]}" for name in ("s1", "planetscope", "vhr") if name in s],
             f"next: sits prepare s2 {s['l2a']} --labels {s['labels']} --class-field {s['class_field']} "
             f"--dates {s['years'][0][0]}:{s['years'][0][1]} --out {path.name}.sits"]
 
@@ -95,17 +101,34 @@ def prepare_s2_command(
     max_per_polygon: Optional[int] = typer.Option(None, "--max-per-polygon", help="Pixels drawn per polygon (default 200; 0 = all)."),
     unlabeled: Optional[int] = typer.Option(None, "--unlabeled", help="Pixels drawn outside every polygon, for pretraining (default 0)."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Cut P x P patches with per-pixel labels instead of pixels."),
+    s1: Optional[Path] = typer.Option(None, "--s1", help="Sentinel-1 backscatter folder (GeoTIFFs per date, VV/VH, "
+                                      "linear or dB): its series under each sample."),
+    s1_orbit: Optional[str] = typer.Option(None, "--s1-orbit", help="both (default), ascending or descending."),
+    s1_units: Optional[str] = typer.Option(None, "--s1-units", help="auto (default: dB when mostly negative), linear or db."),
+    planetscope: Optional[Path] = typer.Option(None, "--planetscope", help="PlanetScope PSScene folder (SR + UDM2): "
+                                               "the 3 x 3 block of 3 m pixels under each Sentinel-2 pixel."),
+    vhr: Optional[Path] = typer.Option(None, "--vhr", help="Very-high-resolution ortho image or folder of tiles: "
+                                       "the chip under each sample."),
+    vhr_bands: Optional[str] = typer.Option(None, "--vhr-bands", help="VHR band names when the file does not name "
+                                            "them, e.g. R,G,B,NIR."),
+    vhr_resolution: Optional[float] = typer.Option(None, "--vhr-resolution", help="Metres per VHR pixel to resample "
+                                                   "to (default: the image's own; 10 m must be a multiple)."),
+    keep_cloudy: Optional[bool] = typer.Option(None, "--keep-cloudy/--no-keep-cloudy", help="Keep Sentinel-2 values "
+                                               "under clouds, with a cloud level 0-31 per observation."),
     fractions: Optional[str] = _FRACTIONS,
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
     as_json: bool = _JSON,
 ) -> None:
-    """Sentinel-2 L2A time series + vector labels -> pixel (or patch) samples with train/val/test splits."""
+    """Sentinel-2 L2A time series + vector labels (+ Sentinel-1, PlanetScope, VHR) -> pixel (or patch) samples
+    with train/val/test splits."""
     _run("s2", {"folder": folder, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
                 "code_field": code_field, "colors": colors,
                 "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "valid_scl": valid_scl, "buffer": buffer,
                 "max_per_polygon": max_per_polygon, "unlabeled": unlabeled, "patch_size": patch_size,
+                "s1": s1, "s1_orbit": s1_orbit, "s1_units": s1_units, "planetscope": planetscope, "vhr": vhr,
+                "vhr_bands": vhr_bands, "vhr_resolution": vhr_resolution, "keep_cloudy": keep_cloudy,
                 "fractions": fractions, "seed": seed, "overwrite": overwrite}, config_file, as_json)
 
 
@@ -184,11 +207,14 @@ def prepare_synthetic_command(
                                            "(default: the baseline of each date)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering dates in parallel "
                                           "(default 1; the bytes are the same)."),
+    sensors: Optional[str] = typer.Option(None, "--sensors", help="s2 plus any of s1, planetscope, vhr, e.g. "
+                                          "s2,s1,planetscope,vhr: the same parcels seen by each (default s2)."),
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
     as_json: bool = _JSON,
 ) -> None:
     """Write synthetic Sentinel-2 L2A demo data: a farmed area with clouds, its parcels and crop changes."""
     _run("synthetic", {"out": out, "layout": layout, "size": size, "seed": seed, "difficulty": difficulty,
-                       "years": years, "zipped": zipped, "baseline": baseline, "workers": workers, "overwrite": overwrite},
+                       "years": years, "zipped": zipped, "baseline": baseline, "workers": workers, "sensors": sensors,
+                       "overwrite": overwrite},
          config_file, as_json)

@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from sitscli.core.dates import iso
+from sitscli.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Cube(ABC):
 
     Subclasses set `dates` (T,) int32 days since 1970-01-01, oldest first, `band_names` (C names
     such as "B02"), `grid`, `layout` (e.g. "safe") and `tile` (or None), and implement `_read`.
+    Those that know the clouds also set `cloud_source` (e.g. "MSK_CLDPRB", "SCL") and implement
+    `_read_cloud`; `keep_cloudy` says whether `read` keeps reflectance under clouds.
     """
 
     dates: np.ndarray
@@ -52,6 +55,8 @@ class Cube(ABC):
     grid: Grid
     layout: str
     tile: str | None = None
+    cloud_source: str | None = None
+    keep_cloudy: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -73,6 +78,31 @@ class Cube(ABC):
     def read_valid(self, window: Window | None = None, times: np.ndarray | None = None) -> np.ndarray:
         """Validity only (t, h, w) bool; readers override it when the mask is cheaper than the bands."""
         return self.read(window, times)[1]
+
+    def read_cloud(self, window: Window | None = None, times: np.ndarray | None = None) -> np.ndarray:
+        """Cloud level (t, h, w) uint8, 0 (clear) to 31 (surely cloudy), of the observation `read` keeps
+        (the first clear one of the day, else the first with data, else the day's first acquisition).
+
+        Raises ConfigError on a cube without cloud information (`cloud_source` None).
+        """
+        self.require_clouds("cloud levels need")
+        window = window or Window(0, 0, self.grid.width, self.grid.height)
+        times = np.arange(len(self.dates)) if times is None else np.asarray(times)
+        return self._read_cloud(window, times)
+
+    def require_clouds(self, what: str) -> None:
+        """Raise a one-line ConfigError, starting with `what`, when the cube knows nothing of clouds."""
+        if self.cloud_source is None:
+            raise ConfigError(f"{what} cloud information: {getattr(self, 'source', self.layout)} ({self.layout} "
+                              "layout) has no cloud mask, SCL or cloud probability; use products that have one")
+
+    def read_with_cloud(self, window: Window | None = None,
+                        times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """values (t, C, h, w), valid (t, h, w) and cloud level (t, h, w) uint8 of the same observations."""
+        return (*self.read(window, times), self.read_cloud(window, times))
+
+    def _read_cloud(self, window: Window, times: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     @abstractmethod
     def _read(self, window: Window, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

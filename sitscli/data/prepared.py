@@ -12,6 +12,11 @@ Variables (P = patch size, patch mode only):
     split  (sample)                       int8    0 train, 1 val, 2 test, 3 unlabeled (CF flags)
     group  (sample)                       int64   parcel / polygon id; splits never cut a group
     xy     (sample, 2)                    float64 map coordinates (attr crs), NaN when unknown
+    cloud  (sample, time[, py, px])       uint8   Sentinel-2 cloud level 0-31 (with --keep-cloudy only;
+                                                  x then keeps the values under clouds too)
+    y_tile (sample, class)                bool    patch mode: the classes present in the patch (tile-level
+                                                  multi-label target, as OmniSat evaluates)
+    s1_x, ps_x, vhr_x ...                         other sensors, see `sitscli.data.modalities`
 
 `PreparedWriter` streams samples in and computes the train-split band statistics on the way;
 `open_prepared` gives a lazy `Prepared` view that reads chunk by chunk.
@@ -23,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +40,14 @@ from sitscli.core.dates import iso
 from sitscli.core.errors import DataContentError, DataFormatError
 from sitscli.core.io import atomic_output, require_exists
 from sitscli.core.legend import default_colors
+from sitscli.data.modalities import S2, Modality
 from sitscli.models.registry import DataInfo
 
 SPLITS = ("train", "val", "test", "unlabeled")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 FORMAT_VERSION = 1          # bump when the layout changes; readers refuse newer stores
+# (other sensors, `cloud` and `y_tile` are optional variables: a version-1 reader of today opens
+# single-sensor stores unchanged)
 SCALE = 10000               # int16 storage: reflectance x 10000 holds [-3.2768, 3.2767]
 MAX_CHUNK_BYTES = 64 << 20  # a patch-mode chunk of 4096 large patches would be gigabytes: cap it
 _OPEN = dict(consolidated=False, chunks=None, mask_and_scale=False, decode_times=False, decode_timedelta=False)
@@ -86,7 +95,8 @@ class PreparedWriter:
 
     def __init__(self, path, *, n_time: int, band_names, class_names, class_colors=None, class_codes=None, sensor: str, source: str,
                  mode: str = "pixel", patch_size: int | None = None, crs: str = "", config: dict | None = None,
-                 overwrite: bool = False, chunk_samples: int = 4096):
+                 overwrite: bool = False, chunk_samples: int = 4096, modalities: Sequence[Modality] = (),
+                 keep_cloudy: bool = False, cloud_source: str = ""):
         if mode not in ("pixel", "patch"):
             raise ValueError(f"mode must be 'pixel' or 'patch', not {mode!r}")
         if mode == "patch" and not patch_size:
@@ -107,7 +117,10 @@ class PreparedWriter:
         self.sensor, self.source, self.config = sensor, source, dict(config or {})
         spatial = (self.patch_size,) * 2 if self.patch_size else ()
         self._spatial = spatial
+        self.modalities = {m.name: m for m in modalities}
+        self.keep_cloudy, self.cloud_source = bool(keep_cloudy), cloud_source
         sample_bytes = self.n_time * len(self.band_names) * int(np.prod(spatial, dtype=int)) * 2
+        sample_bytes += sum(2 * int(np.prod(m.sample_shape(), dtype=int)) for m in self.modalities.values())
         self.chunk_samples = max(1, min(int(chunk_samples), MAX_CHUNK_BYTES // max(sample_bytes, 1)))
 
         self._stack = contextlib.ExitStack()
@@ -121,12 +134,18 @@ class PreparedWriter:
         # running summaries, so close() never reads the store back
         self._train_moments = _BandMoments(len(self.band_names))
         self._all_moments = _BandMoments(len(self.band_names))
+        self._moments = {m.name: (_BandMoments(len(m.band_names)), _BandMoments(len(m.band_names)))  # train, all
+                         for m in self.modalities.values()}
+        self._clear = {S2: np.zeros(2, dtype=np.int64), **{m: np.zeros(2, dtype=np.int64) for m in self.modalities}}  # clear, observed
         self._class_counts = np.zeros((len(SPLITS), len(self.class_names) + 1), dtype=np.int64)  # last: unlabeled
         self._split_sizes = np.zeros(len(SPLITS), dtype=np.int64)
         self._dates_per_sample: list[np.ndarray] = []
         self._date_min, self._date_max = np.iinfo(np.int32).max, np.iinfo(np.int32).min
         self._hash = hashlib.blake2b(digest_size=8)
         self._hash.update(json.dumps([self.band_names, self.class_names, mode, self.patch_size]).encode())
+        if self.modalities or self.keep_cloudy:  # single-sensor fingerprints stay as they were
+            self._hash.update(json.dumps([[m.name, m.band_names, m.sample_shape()] for m in self.modalities.values()]
+                                         + [self.keep_cloudy]).encode())
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> "PreparedWriter":
@@ -145,7 +164,8 @@ class PreparedWriter:
             self._stack.__exit__(exc_type, exc, tb)  # atomic_output removes the temporary directory
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, *, x: np.ndarray, valid, date, y, split, group, xy=None) -> None:
+    def append(self, *, x: np.ndarray, valid, date, y, split, group, xy=None, cloud=None,
+               others: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
         """Add n samples.
 
         Args:
@@ -156,16 +176,21 @@ class PreparedWriter:
             split: (n,) codes 0 train .. 3 unlabeled (see SPLITS).
             group: (n,) parcel / polygon ids.
             xy: (n, 2) map coordinates, or None.
+            cloud: (n, T[, P, P]) Sentinel-2 cloud level 0-31; required with keep_cloudy, else ignored.
+            others: per extra modality name, {"x": (n, *Modality.sample_shape()) float in the
+                modality's unit, "valid": x's shape without the band axis, "date": (n, T_m) or
+                (T_m,) when temporal}. Every modality given to the writer must be there.
         Series shorter than n_time are padded with valid=False.
         """
-        block = self._convert(x, valid, date, y, split, group, xy)
+        block = self._convert(x, valid, date, y, split, group, xy, cloud)
+        block.update(self._convert_others(others or {}, block["split"].shape[0]))
         self._summarise(block)
         self._buffer.append(block)
         self._buffered += block["split"].shape[0]
         if self._buffered >= self.chunk_samples:
             self._flush(final=False)
 
-    def _convert(self, x, valid, date, y, split, group, xy) -> dict[str, np.ndarray]:
+    def _convert(self, x, valid, date, y, split, group, xy, cloud) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
         n, t, c = x.shape[:3]
         if c != len(self.band_names) or x.shape[3:] != self._spatial or t > self.n_time:
@@ -178,28 +203,63 @@ class PreparedWriter:
             raise ValueError(f"class ids must lie in -1..{len(self.class_names) - 1}")
         if split.size and (split.min() < 0 or split.max() >= len(SPLITS)):
             raise ValueError("split codes must lie in 0..3")
-        stored = np.clip(np.rint(np.nan_to_num(x) * SCALE), -32768, 32767).astype(np.int16)
-        stored = np.where(np.expand_dims(valid, 2), stored, np.int16(0))  # (n, t, C[, P, P])
+        stored = _to_int16(x, SCALE)
+        if not self.keep_cloudy:  # kept: the values under clouds stay for models that learn from them
+            stored = np.where(np.expand_dims(valid, 2), stored, np.int16(0))  # (n, t, C[, P, P])
+        if self.keep_cloudy:
+            if cloud is None:
+                raise ValueError("a keep_cloudy writer needs the cloud levels of every sample")
+            cloud = np.asarray(cloud, dtype=np.uint8).reshape(valid.shape)
         pad = self.n_time - t
         if pad:
             stored = np.concatenate([stored, np.zeros((n, pad) + stored.shape[2:], np.int16)], axis=1)
             valid = np.concatenate([valid, np.zeros((n, pad) + valid.shape[2:], bool)], axis=1)
             last = date[:, -1:] if t else np.zeros((n, 1), np.int32)
             date = np.concatenate([date, np.repeat(last, pad, axis=1)], axis=1)
+            if self.keep_cloudy:
+                cloud = np.concatenate([cloud, np.zeros((n, pad) + cloud.shape[2:], np.uint8)], axis=1)
         xy = np.full((n, 2), np.nan) if xy is None else np.asarray(xy, dtype=np.float64).reshape(n, 2)
-        return {"x": stored, "valid": valid, "date": np.ascontiguousarray(date), "y": y, "split": split,
-                "group": np.asarray(group, dtype=np.int64).reshape(n), "xy": xy}
+        block = {"x": stored, "valid": valid, "date": np.ascontiguousarray(date), "y": y, "split": split,
+                 "group": np.asarray(group, dtype=np.int64).reshape(n), "xy": xy}
+        if self.keep_cloudy:
+            block["cloud"] = cloud
+        if self.mode == "patch":
+            block["y_tile"] = _classes_present(y, len(self.class_names))
+        return block
+
+    def _convert_others(self, others: Mapping[str, Mapping[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+        """Stored arrays of the extra modalities, keyed by variable name (s1_x, s1_valid, s1_date...)."""
+        if set(others) != set(self.modalities):
+            raise ValueError(f"modalities given {sorted(others)} differ from the writer's {sorted(self.modalities)}")
+        block = {}
+        for name, m in self.modalities.items():
+            part = others[name]
+            x = np.asarray(part["x"], dtype=np.float32)
+            if x.shape != (n, *m.sample_shape()):
+                raise ValueError(f"{name} x has shape {x.shape}; expected {(n, *m.sample_shape())}")
+            band_axis = 2 if m.temporal else 1
+            valid = np.asarray(part["valid"], dtype=bool) & ~np.isnan(x).any(axis=band_axis)
+            stored = np.where(np.expand_dims(valid, band_axis), _to_int16(x, m.scale), np.int16(0))
+            block[f"{m.prefix}_x"], block[f"{m.prefix}_valid"] = stored, valid
+            if m.temporal:
+                block[f"{m.prefix}_date"] = np.ascontiguousarray(
+                    np.broadcast_to(np.asarray(part["date"], dtype=np.int32), (n, m.n_time)))
+        return block
 
     def _summarise(self, block: dict[str, np.ndarray]) -> None:
         x, valid, split, y = block["x"], block["valid"], block["split"], block["y"]
-        for name in ("x", "valid", "date", "y", "split", "group"):
-            self._hash.update(np.ascontiguousarray(block[name]).tobytes())
+        for name in block:
+            if name not in ("xy", "y_tile"):  # y_tile derives from y
+                self._hash.update(np.ascontiguousarray(block[name]).tobytes())
         bands_last = np.moveaxis(x, 2, -1)                         # (n, T[, P, P], C)
         obs = bands_last[valid].astype(np.float64) / SCALE          # (m, C) valid observations
         self._all_moments.update(obs)
         train = split == SPLIT_CODES["train"]
         if train.any():
             self._train_moments.update(bands_last[train][valid[train]].astype(np.float64) / SCALE)
+        self._clear[S2] += (int(valid.sum()), valid.size)
+        for name, m in self.modalities.items():
+            self._summarise_modality(m, block, train)
         seen = valid.reshape(valid.shape[0], valid.shape[1], -1).any(axis=2)  # (n, T) any pixel clear
         self._dates_per_sample.append(seen.sum(axis=1).astype(np.int32))
         if seen.any():
@@ -211,6 +271,16 @@ class PreparedWriter:
             self._split_sizes[code] += int(in_split.sum())
             labels = y[in_split].ravel().astype(np.int64)
             self._class_counts[code] += np.bincount(np.where(labels < 0, n_cls, labels), minlength=n_cls + 1)
+
+    def _summarise_modality(self, m: Modality, block: dict[str, np.ndarray], train: np.ndarray) -> None:
+        x, valid = block[f"{m.prefix}_x"], block[f"{m.prefix}_valid"]
+        band_axis = 2 if m.temporal else 1
+        bands_last = np.moveaxis(x, band_axis, -1)               # (n, [T,] *footprint, C)
+        train_moments, all_moments = self._moments[m.name]
+        all_moments.update(bands_last[valid].astype(np.float64) / m.scale)
+        if train.any():
+            train_moments.update(bands_last[train][valid[train]].astype(np.float64) / m.scale)
+        self._clear[m.name] += (int(valid.sum()), valid.size)
 
     def _flush(self, final: bool) -> None:
         if not self._buffer:
@@ -225,7 +295,7 @@ class PreparedWriter:
 
     def _dataset(self, block: dict[str, np.ndarray]) -> xr.Dataset:
         spatial = ("py", "px") if self.mode == "patch" else ()
-        return xr.Dataset({
+        ds = xr.Dataset({
             "x": (("sample", "time", "band") + spatial, block["x"],
                   {"long_name": "surface reflectance x 10000", "scale_to_reflectance": 1 / SCALE}),
             "valid": (("sample", "time") + spatial, block["valid"], {"long_name": "clear observation"}),
@@ -237,6 +307,21 @@ class PreparedWriter:
             "group": (("sample",), block["group"], {"long_name": "parcel or polygon id"}),
             "xy": (("sample", "coord"), block["xy"], {"long_name": "map coordinates x, y", "crs": self.crs}),
         })
+        if "cloud" in block:
+            ds["cloud"] = (("sample", "time") + spatial, block["cloud"],
+                           {"long_name": "Sentinel-2 cloud level 0 (clear) to 31", "source": self.cloud_source})
+        if "y_tile" in block:
+            ds["y_tile"] = (("sample", "class"), block["y_tile"], {"long_name": "classes present in the patch"})
+        for m in self.modalities.values():
+            dims = m.dims(self.mode == "patch")
+            p = m.prefix
+            ds[f"{p}_x"] = (dims["x"], block[f"{p}_x"], {"long_name": f"{m.name} {m.unit} x {m.scale:g}",
+                                                           "scale_to_unit": 1 / m.scale})
+            ds[f"{p}_valid"] = (dims["valid"], block[f"{p}_valid"], {"long_name": f"{m.name} clear observation"})
+            if m.temporal:
+                ds[f"{p}_date"] = (dims["date"], block[f"{p}_date"], {"long_name": f"{m.name} acquisition date, "
+                                                                                  "days since 1970-01-01"})
+        return ds
 
     def _write(self, block: dict[str, np.ndarray]) -> None:
         ds = self._dataset(block)
@@ -278,6 +363,9 @@ class PreparedWriter:
         counts = {split: {name: int(n) for name, n in zip(self.class_names + ["unlabeled"], self._class_counts[code]) if n}
                   for code, split in enumerate(SPLITS) if self._split_sizes[code]}
         per_sample = np.concatenate(self._dates_per_sample)
+        extra: dict = {"keep_cloudy": True, "cloud_source": self.cloud_source} if self.keep_cloudy else {}
+        if self.modalities:
+            extra["modalities"] = {name: self._modality_attrs(m) for name, m in self.modalities.items()}
         return {
             "format_version": FORMAT_VERSION, "sitscli_version": __version__,
             "band_names": self.band_names, "class_names": self.class_names, "class_colors": self.class_colors,
@@ -293,7 +381,33 @@ class PreparedWriter:
             "date_max": int(self._date_max) if per_sample.any() else None,
             "dates_per_sample": {"min": int(per_sample.min()), "median": float(np.median(per_sample)),
                                  "max": int(per_sample.max())},
+            "clear_fraction": round(float(self._clear[S2][0] / max(self._clear[S2][1], 1)), 4),
+            **extra,
         }
+
+    def _modality_attrs(self, m: Modality) -> dict:
+        train, every = self._moments[m.name]
+        moments = train if self._split_sizes[SPLIT_CODES["train"]] and train.count.min() > 0 else every
+        if moments.count.min() == 0:
+            raise DataContentError(f"{m.name}: no clear observation of band(s) "
+                                   f"{[b for b, n in zip(m.band_names, moments.count) if n == 0]} in the samples")
+        clear, observed = self._clear[m.name]
+        return {"prefix": m.prefix, "band_names": list(m.band_names), "n_time": m.n_time, "footprint": list(m.footprint),
+                "resolution": m.resolution, "scale": m.scale, "unit": m.unit, "source": m.source,
+                "band_mean": [round(float(v), 6) for v in moments.mean], "band_std": [round(float(v), 6) for v in moments.std],
+                "band_stats_from": "train" if moments is train else "all",
+                "clear_fraction": round(float(clear / max(observed, 1)), 4)}
+
+
+def _to_int16(x: np.ndarray, scale: float) -> np.ndarray:
+    """x * scale rounded and clipped into int16 (NaN -> 0)."""
+    return np.clip(np.rint(np.nan_to_num(x) * scale), -32768, 32767).astype(np.int16)
+
+
+def _classes_present(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, K) bool: class k labels at least one pixel of sample i (y (n, P, P), -1 unlabeled)."""
+    flat = y.reshape(y.shape[0], -1)
+    return (flat[:, :, None] == np.arange(n_classes)).any(axis=1)
 
 
 class Prepared:
@@ -310,6 +424,13 @@ class Prepared:
         self.patch_size: int | None = int(a["patch_size"]) or None
         self.crs: str = a["crs"]
         self.fingerprint: str = a["fingerprint"]
+        self.keep_cloudy: bool = bool(a.get("keep_cloudy", False))
+        self.others: dict[str, dict] = dict(a.get("modalities", {}))  # extra sensors: name -> attrs
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The sensors held: "s2" first, then the extra ones in stored order."""
+        return (S2, *self.others)
 
     @property
     def n_samples(self) -> int:
@@ -324,10 +445,30 @@ class Prepared:
         """Samples per zarr chunk: reading whole chunks decodes each chunk once."""
         return int(self.ds["x"].encoding.get("chunks", (self.n_samples,))[0])
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Raw arrays of samples [start, stop): x int16 (n, T, C[, P, P]), valid, date, y, split, group, xy."""
+    def variables(self, modalities: Sequence[str] = (S2,)) -> tuple[str, ...]:
+        """Names of the stored variables that the given modalities need (cloud and y_tile when present)."""
+        names = ["x", "valid", "date", "y", "split", "group", "xy"]
+        names += [v for v in ("cloud", "y_tile") if v in self.ds.data_vars]
+        for name in modalities:
+            if name != S2:
+                p = self.others[name]["prefix"]
+                names += [v for v in (f"{p}_x", f"{p}_valid", f"{p}_date") if v in self.ds.data_vars]
+        return tuple(names)
+
+    def read(self, start: int, stop: int, modalities: Sequence[str] = (S2,)) -> dict[str, np.ndarray]:
+        """Raw arrays of samples [start, stop): x int16 (n, T, C[, P, P]), valid, date, y, split, group, xy,
+        (cloud, y_tile when stored) and the variables of the other `modalities` asked for (s1_x...)."""
+        self.require(modalities)
         part = self.ds.isel(sample=slice(start, stop))
-        return {name: part[name].values for name in ("x", "valid", "date", "y", "split", "group", "xy")}
+        return {name: part[name].values for name in self.variables(modalities)}
+
+    def require(self, modalities: Sequence[str], who: str = "") -> None:
+        """Raise a one-line error naming the sensors asked for that the dataset lacks."""
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            flags = " ".join(f"--{'planetscope' if m == 'planetscope' else m} ..." for m in missing)
+            raise DataContentError(f"{self.path} has no {', '.join(missing)} data{' for ' + who if who else ''} "
+                                   f"(it holds {', '.join(self.modalities)}): prepare it with `sits prepare s2 ... {flags}`")
 
     def _labeled(self) -> np.ndarray:
         """(N,) bool: the sample has a label (patch mode: at least one labelled pixel)."""
@@ -353,9 +494,11 @@ class Prepared:
     def info(self) -> DataInfo:
         a = self.ds.attrs
         period = [a["date_min"], a["date_max"]] if a.get("date_min") is not None else []
+        others = {name: {k: m[k] for k in ("band_names", "band_mean", "band_std", "resolution", "footprint", "unit")}
+                  for name, m in self.others.items()}
         return DataInfo(band_names=self.band_names, band_mean=list(a["band_mean"]), band_std=list(a["band_std"]),
                         class_names=self.class_names, class_colors=self.class_colors, reference_date=a.get("date_min"),
-                        class_codes=self.class_codes, train_period=period)
+                        class_codes=self.class_codes, train_period=period, modalities=others)
 
     def summary(self) -> dict:
         """What `sits info` prints: sizes, dates, classes per split, band statistics."""
@@ -376,9 +519,33 @@ class Prepared:
                         for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))],
             "class_counts": {s: dict(c) for s, c in a["class_counts"].items()},
             "crs": self.crs,
+            **self._modality_summary(),
             "fingerprint": self.fingerprint,
             "sitscli_version": a["sitscli_version"],
         }
+
+
+    def _modality_summary(self) -> dict:
+        """Per sensor: dates, bands, resolution, clear fraction (only for multi-sensor or keep-cloudy stores)."""
+        if not self.others and not self.keep_cloudy:
+            return {}
+        a = self.ds.attrs
+        s2 = {"dates": self.n_time, "bands": self.band_names, "resolution": 10.0,
+              "clear_fraction": a.get("clear_fraction"),
+              "keep_cloudy": self.keep_cloudy}
+        if self.keep_cloudy:
+            s2["cloud_source"] = a.get("cloud_source", "")
+        out = {"s2": s2}
+        for name, m in self.others.items():
+            entry = {"dates": m["n_time"], "bands": list(m["band_names"]), "resolution": m["resolution"],
+                     "footprint": list(m["footprint"]), "unit": m["unit"], "clear_fraction": m["clear_fraction"],
+                     "source": m["source"]}
+            date_var = f"{m['prefix']}_date"
+            if date_var in self.ds.data_vars and self.n_samples:
+                first = self.ds[date_var].isel(sample=0).values
+                entry["date_range"] = [iso(int(first.min())), iso(int(first.max()))]
+            out[name] = entry
+        return {"modalities": out}
 
 
 def open_prepared(path) -> Prepared:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler, get_worker_info
 
 from sitscli.data.batch import Sample, collate, compact_sample
+from sitscli.data.modalities import S2
 from sitscli.data.prepared import SCALE, Prepared, open_prepared
 
 MEMORY_BUDGET = 2 << 30  # bytes of raw samples loaded when in_memory="auto"
@@ -31,22 +32,28 @@ class SeriesDataset(Dataset):
         in_memory: True, False or "auto" (load when the selection fits `memory_budget`).
         compact: keep only clear observations (pixel mode; for models that see clear dates only).
         max_len: with `compact`, at most this many, evenly spaced (batch.compact_sample).
+        modalities: the sensors to read ("s2" always; "s1", "planetscope", "vhr" when the dataset has them).
     Item i: values (T, C[, H, W]) float32 0-1, dates (T,) int32, valid (T[, H, W]) bool,
-        y () or (H, W) int64, xy (2,) float64, index () int64 = the sample's row in the store.
+        y () or (H, W) int64, xy (2,) float64, index () int64 = the sample's row in the store; cloud
+        (T[, H, W]) uint8 and y_tile (K,) bool when stored; per other sensor <prefix>_values (in its
+        unit: dB for s1, reflectance 0-1 otherwise), <prefix>_valid, <prefix>_dates (time series).
     """
 
     def __init__(self, prepared: Prepared | str, splits=("train",), labeled_only: bool = False,
                  in_memory: bool | str = "auto", compact: bool = False, max_len: int | None = None,
-                 memory_budget: int = MEMORY_BUDGET):
+                 memory_budget: int = MEMORY_BUDGET, modalities: tuple[str, ...] = (S2,)):
         prepared = prepared if isinstance(prepared, Prepared) else open_prepared(prepared)
         if compact and prepared.mode != "pixel":
             raise ValueError("compact series are for pixel samples only")
+        prepared.require(modalities)
         self.path = prepared.path
         self.splits, self.compact, self.max_len = tuple(splits), compact, max_len
+        self.modalities = tuple(dict.fromkeys((S2, *modalities)))
+        self._others = {prepared.others[m]["prefix"]: float(prepared.others[m]["scale"]) for m in self.modalities[1:]}
         self.indices = prepared.indices(*self.splits, labeled_only=labeled_only)
         self.chunk_samples = prepared.chunk_samples
         if in_memory == "auto":
-            in_memory = len(self.indices) * _bytes_per_sample(prepared) <= memory_budget
+            in_memory = len(self.indices) * _bytes_per_sample(prepared, self.modalities) <= memory_budget
         self.in_memory = bool(in_memory)
         self._prepared: Prepared | None = prepared
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None  # (chunk id, raw arrays)
@@ -78,7 +85,7 @@ class SeriesDataset(Dataset):
         """Raw arrays of one zarr chunk, kept until another chunk is asked for."""
         if self._cache is None or self._cache[0] != chunk:
             start = chunk * self.chunk_samples
-            self._cache = (chunk, self.prepared.read(start, start + self.chunk_samples))
+            self._cache = (chunk, self.prepared.read(start, start + self.chunk_samples, self.modalities))
         return self._cache[1]
 
     def _load_all(self) -> dict[str, np.ndarray]:
@@ -102,12 +109,20 @@ class SeriesDataset(Dataset):
             "xy": raw["xy"][j],
             "index": np.int64(row),
         }
+        for name in ("cloud", "y_tile"):
+            if name in raw:
+                sample[name] = raw[name][j]
+        for prefix, scale in self._others.items():
+            sample[f"{prefix}_values"] = raw[f"{prefix}_x"][j].astype(np.float32) / scale
+            sample[f"{prefix}_valid"] = raw[f"{prefix}_valid"][j]
+            if f"{prefix}_date" in raw:
+                sample[f"{prefix}_dates"] = raw[f"{prefix}_date"][j].astype(np.int32)
         return compact_sample(sample, self.max_len) if self.compact else sample
 
 
-def _bytes_per_sample(prepared: Prepared) -> int:
+def _bytes_per_sample(prepared: Prepared, modalities: tuple[str, ...]) -> int:
     return sum(prepared.ds[v].dtype.itemsize * int(np.prod(prepared.ds[v].shape[1:], dtype=np.int64))
-               for v in ("x", "valid", "date", "y", "split", "group", "xy"))
+               for v in prepared.variables(modalities))
 
 
 def _chunk_runs(rows: np.ndarray, chunk_samples: int) -> Iterator[tuple[int, int, int]]:

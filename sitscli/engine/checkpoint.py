@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,16 @@ def check_bands(card: ModelCard, band_names: list[str]) -> None:
     raise CheckpointError(
         f"the data's bands are in another order than model {card.run_dir} expects: "
         f"{', '.join(band_names)} vs {', '.join(expected)}; prepare the data with --bands {','.join(expected)}")
+
+
+def check_modalities(card: ModelCard, offered: Sequence[str]) -> None:
+    """Refuse data that lacks a sensor the run's model cannot do without, saying how to get it."""
+    needed = registry.get(card.model_name).modalities
+    missing = [m for m in needed if m not in offered]
+    if missing:
+        raise CheckpointError(
+            f"model {card.run_dir} ({card.model_name}) needs {', '.join(missing)} data, which the input lacks "
+            f"(it offers {', '.join(offered)}): prepare the data with " + " ".join(f"--{m} PATH" for m in missing))
 
 
 def check_classes(card: ModelCard, class_names: list[str]) -> None:

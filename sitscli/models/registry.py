@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from sitscli.core.errors import ConfigError
+from sitscli.core.errors import ConfigError, DataContentError
 
 
 @dataclass
@@ -33,6 +33,9 @@ class DataInfo:
     # Added later, so with defaults (checkpoints written before them still load):
     class_codes: list[int] = field(default_factory=list)    # source code of each class (map pixel values); [] = ids
     train_period: list[int] = field(default_factory=list)   # [first, last] date of the training data, days since epoch
+    # other sensors than Sentinel-2: name -> band_names, band_mean, band_std (in the sensor's unit),
+    # resolution (m), footprint (per-sample block shape), unit; see sitscli.data.modalities
+    modalities: dict[str, dict] = field(default_factory=dict)
 
     @property
     def num_bands(self) -> int:
@@ -62,6 +65,9 @@ class ModelSpec:
             the engine. Such a module still predicts through `forward(batch)` and saves as safetensors.
         day_of_year: the model places observations by day of year, so dates a year apart look
             the same (a model with a `positions` hyper-parameter says so through it instead).
+        modalities: the sensors the model cannot do without ("s2", "s1", "planetscope", "vhr").
+        optional_modalities: the sensors it uses when the data has them (a multi-sensor model must
+            still map from Sentinel-2 alone where the others are missing).
 
     A classifier module may also define `training_loss(batch) -> (loss, metrics)` when its
     objective is not cross-entropy on `forward`'s logits (the SVGP's ELBO); fine-tuning then uses it,
@@ -84,6 +90,29 @@ class ModelSpec:
         if "positions" in self.defaults:
             return hparams.get("positions", self.defaults["positions"]) == "doy"
         return self.day_of_year
+    modalities: tuple[str, ...] = ("s2",)
+    optional_modalities: tuple[str, ...] = ()
+
+    def data_modalities(self, available: Sequence[str], chosen: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The sensors to feed: the required ones, then the optional ones the data has (or `chosen` of them).
+
+        Raises a one-line error for a required sensor the data lacks, or a chosen one the model cannot use.
+        """
+        missing = [m for m in self.modalities if m not in available]
+        if missing:
+            raise DataContentError(f"model {self.name} needs {', '.join(missing)} data, which the dataset lacks "
+                                   f"(it holds {', '.join(available)}): prepare it with `sits prepare s2 ... "
+                                   + " ".join(f"--{m} PATH" for m in missing) + "`")
+        usable = (*self.modalities, *self.optional_modalities)
+        if chosen is not None:
+            unusable = [m for m in chosen if m not in usable]
+            if unusable:
+                raise ConfigError(f"model {self.name} cannot use {', '.join(unusable)}: it uses {', '.join(usable)}")
+            absent = [m for m in chosen if m not in available]
+            if absent:
+                raise DataContentError(f"the dataset has no {', '.join(absent)} data (it holds {', '.join(available)})")
+            return tuple(dict.fromkeys((*self.modalities, *chosen)))
+        return tuple(m for m in usable if m in available)
 
 
 _MODELS: dict[str, ModelSpec] = {}

@@ -43,7 +43,8 @@ from sitscli.core.progress import log
 from sitscli.data.batch import collate
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
-from sitscli.engine.checkpoint import ModelCard, check_bands, check_classes, load_model, read_card, save_model
+from sitscli.engine.checkpoint import (ModelCard, check_bands, check_classes, check_modalities, load_model, read_card,
+                                      save_model)
 from sitscli.engine.device import resolve_device
 from sitscli.engine.metrics import classification_report, predict_labels, write_report
 from sitscli.engine.trainer import FitResult, fit, seed_everything
@@ -138,6 +139,7 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
     _check_labelled(prepared)
     if from_card is not None:
         check_bands(from_card, prepared.band_names)
+        check_modalities(from_card, prepared.modalities)
     cfg = train_config(options)
     train_set = series_dataset(prepared, spec, ("train",), labeled_only=True)
     if len(train_set) == 0:
@@ -271,7 +273,7 @@ def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInf
     base = from_card.info if from_card is not None else data
     return DataInfo(list(base.band_names), list(base.band_mean), list(base.band_std), class_names=data.class_names,
                     class_colors=data.class_colors, reference_date=base.reference_date, class_codes=data.class_codes,
-                    train_period=data.train_period)
+                    train_period=data.train_period, modalities={**data.modalities, **base.modalities})
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:
@@ -382,6 +384,7 @@ def evaluate_run(run: str | Path, data: str | Path | None, date_shifts=(), *, ou
     spec = registry.get(card.model_name)
     check_input_kind(prepared, spec)
     check_bands(card, prepared.band_names)
+    check_modalities(card, prepared.modalities)
     check_classes(card, prepared.class_names)
     report = evaluate(model, prepared, spec, list(card.info.class_names), date_shifts=parse_shifts(date_shifts),
                       device=_device_of(model, device), batch_size=batch_size)

@@ -19,7 +19,7 @@ from sitscli.core.io import check_output
 from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
-from sitscli.engine.checkpoint import ModelCard, check_bands, load_model
+from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
 from sitscli.engine.device import resolve_device
 from sitscli.mapping.geotiff import RasterSpec, class_map_spec, legend_tags
 from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
@@ -127,6 +127,7 @@ def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cub
         # names the bands of a stack that does not name them itself (a subset is taken below).
         cube = open_source(Path(source), bands=bands or list(card.info.band_names), aoi=aoi,
                            date_range=date_range, dates_file=Path(dates_file) if dates_file else None)
+    check_modalities(card, ("s2",))  # maps are made from Sentinel-2 alone
     if list(cube.band_names) != list(card.info.band_names):
         lacking = [b for b in card.info.band_names if b not in cube.band_names]
         if lacking:

@@ -28,6 +28,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bands": None, "aoi": None, "dates": None, "tile": None, "valid_scl": "4,5,6,7",
         "buffer": 0.0, "max_per_polygon": DEFAULT_MAX_PER_POLYGON, "unlabeled": 0, "patch_size": None,
         "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
+        # other sensors as extra modalities of the same samples (DESIGN.md, "Several sensors")
+        "s1": None, "s1_orbit": "both", "s1_units": "auto", "planetscope": None, "vhr": None, "vhr_bands": None,
+        "vhr_resolution": None, "keep_cloudy": False,
     },
     "timesen2crop": {
         # the common TimeSen2Crop split (Weikmann et al. 2021): 33TVN validation, 33UVP test, the rest train
@@ -44,7 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "synthetic": {
         "out": None, "layout": "safe", "size": 256, "seed": 0, "difficulty": 0.3, "years": 2, "zipped": False,
-        "baseline": None, "workers": 1, "overwrite": False,
+        "baseline": None, "workers": 1, "sensors": "s2", "overwrite": False,
     },
 }
 # What each source cannot do without (the first is the positional argument of `sits prepare SOURCE`).
@@ -120,6 +123,25 @@ def _aoi(value):
     return require_exists(str(value), "--aoi vector file")
 
 
+def _choice(value, allowed: tuple[str, ...], what: str) -> str:
+    text = str(value).strip().lower()
+    if text not in allowed:
+        raise ConfigError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+    return text
+
+
+def _positive(value, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ConfigError(f"{what} {value!r}: give a positive number of metres, e.g. 1.0")
+    return number
+
+
 def _path(value) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
@@ -133,8 +155,14 @@ def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
+    from sitscli.data.recipes.sensors import SensorInputs
 
-    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "colors")}}
+    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "colors", "s1", "planetscope", "vhr")}}
+    sensors = SensorInputs(
+        s1=o["s1"], s1_orbit=_choice(o["s1_orbit"], ("both", "ascending", "descending"), "--s1-orbit"),
+        s1_units=_choice(o["s1_units"], ("auto", "linear", "db"), "--s1-units"), planetscope=o["planetscope"],
+        vhr=o["vhr"], vhr_bands=tuple(_names(o["vhr_bands"]) or ()) or None,
+        vhr_resolution=_positive(o["vhr_resolution"], "--vhr-resolution"))
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         code_field=o["code_field"], colors=o["colors"],
@@ -143,7 +171,7 @@ def _run_s2(o: dict) -> PrepareResult:
         max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
         patch_size=None if o["patch_size"] is None else int(o["patch_size"]),
         fractions=_numbers(o["fractions"], float, "--fractions"), seed=int(o["seed"]), overwrite=bool(o["overwrite"]),
-        config={"source": "s2", **_saved(o)},
+        config={"source": "s2", **_saved(o)}, sensors=sensors, keep_cloudy=bool(o["keep_cloudy"]),
     )
     return _dataset_result(path)
 
@@ -187,11 +215,13 @@ def _run_synthetic(o: dict) -> PrepareResult:
 
     scene = write_synthetic(_path(o["out"]), size=int(o["size"]), seed=int(o["seed"]), layout=o["layout"],
                             years=int(o["years"]), difficulty=float(o["difficulty"]), zipped=bool(o["zipped"]),
-                            baseline=o["baseline"], workers=int(o["workers"]), overwrite=bool(o["overwrite"]))
+                            baseline=o["baseline"], workers=int(o["workers"]), sensors=_names(o["sensors"]) or (),
+                            overwrite=bool(o["overwrite"]))
     summary = {
         "l2a": str(scene.l2a), "labels": str(scene.parcels), "class_field": scene.class_field, "changes": str(scene.changes),
         "layout": scene.layout, "tile": scene.tile, "crs": scene.crs, "dates": len(scene.dates),
-        "classes": list(scene.class_names), "years": [list(y) for y in scene.years],
+        "classes": list(scene.class_names), "years": [list(y) for y in scene.years], "sensors": list(scene.sensors),
+        **{name: str(getattr(scene, name)) for name in ("s1", "planetscope", "vhr") if getattr(scene, name) is not None},
     }
     return PrepareResult(Path(scene.root), "l2a", summary)
 

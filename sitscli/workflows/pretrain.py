@@ -141,7 +141,7 @@ def run_directory(run_dir: Path, options: Mapping[str, Any], *, resume: bool) ->
 def series_dataset(prepared: Prepared, spec: ModelSpec, splits: tuple[str, ...], *,
                    labeled_only: bool) -> SeriesDataset:
     return SeriesDataset(prepared, splits=splits, labeled_only=labeled_only, compact=spec.compact,
-                         max_len=spec.max_len)
+                         max_len=spec.max_len, modalities=spec.data_modalities(prepared.modalities))
 
 
 def check_input_kind(prepared: Prepared, spec: ModelSpec) -> None:
@@ -200,7 +200,8 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     check_input_kind(prepared, spec)
     warn_folded_years(prepared, spec, {**spec.defaults, **options["hparams"]})
     full = prepared.info()
-    info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date)  # no classes
+    info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date,
+                    modalities=full.modalities)  # no classes
     cfg = train_config(options)
     seed_everything(cfg.seed)             # the initial weights repeat with --seed
     model = spec.build(dict(options["hparams"]), info)

@@ -6,6 +6,12 @@
 Layouts, detected in this order: ESA SAFE (`.SAFE` folders or zips), Theia/MAJA products, per-band
 COG folders (one folder per date), a multiband GeoTIFF stack (a file), and the generic one GeoTIFF
 per date per variable (see each module's docstring).
+
+Other sensors are read on the Sentinel-2 grid of such a cube (`cube.grid`), as extra modalities:
+
+    s1 = open_s1("S1/", cube.grid, orbit="both")            # dB VV, VH, VV/VH on the 10 m grid
+    ps = open_planetscope("PSScene/", cube.grid, factor=3)  # reflectance on the 10/3 m fine grid
+    vhr = open_vhr("ortho/", cube.grid)                     # one image on a fine grid (e.g. 0.5 m)
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from sitscli.core.io import require_exists
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube, Grid
 from sitscli.data.readers import bandfiles, cogs, safe, stack, theia
+from sitscli.data.readers.planetscope import open_planetscope
+from sitscli.data.readers.s1 import open_s1
+from sitscli.data.readers.vhr import open_vhr
 from sitscli.data.readers.common import (
-    DEFAULT_S2_BANDS, DEFAULT_VALID_SCL, Acquisition, AcquisitionCube, canonical_band, check_not_empty, normalise_tile,
-    require_bands,
+    DEFAULT_S2_BANDS, DEFAULT_VALID_SCL, Acquisition, AcquisitionCube, canonical_band, check_not_empty, in_date_range,
+    normalise_tile, range_text, require_bands,
 )
 
-__all__ = ["open_source", "detect_layout", "LAYOUTS"]
+__all__ = ["open_source", "detect_layout", "LAYOUTS", "open_s1", "open_planetscope", "open_vhr"]
 
 LAYOUTS = {
     "safe": "ESA SAFE products (.SAFE folders or .SAFE.zip)",
@@ -58,7 +67,7 @@ def detect_layout(path: Path) -> str:
 def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
                 dates_file: Path | None = None, mask: str | None = None, valid_scl: Sequence[int] = DEFAULT_VALID_SCL,
                 tile: str | None = None, theia_product: str = "FRE", resampling: str = "nearest",
-                max_open: int = 128) -> Cube:
+                max_open: int = 128, keep_cloudy: bool = False) -> Cube:
     """Open a Sentinel-2 L2A folder or stack as a lazily read cube on its 10 m grid.
 
     Args:
@@ -76,8 +85,11 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
         theia_product: FRE (default) or SRE reflectance of Theia products.
         resampling: how coarser bands reach the 10 m grid (rasterio name; nearest by default).
         max_open: most files held open at once.
+        keep_cloudy: `read` returns the reflectance under clouds too (`valid` stays False there, only
+            no-data stays 0), for models that learn from cloudy observations; needs cloud information.
     Returns:
         a `Cube` whose dates are unique: acquisitions of one day are merged, first clear one first.
+        Its `cloud_source` names where `read_cloud` (levels 0-31) comes from, None without clouds.
     """
     path = require_exists(path, "Sentinel-2 source")
     layout = detect_layout(path)
@@ -87,7 +99,8 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
     except KeyError:
         raise ConfigError(f"unknown resampling {resampling!r}: use nearest, bilinear, cubic or average") from None
     if layout == "stack":
-        cube = stack.open_stack(path, bands=list(bands) if bands else None, dates_file=dates_file, valid_scl=valid_scl, mask=mask)
+        cube = stack.open_stack(path, bands=list(bands) if bands else None, dates_file=dates_file, valid_scl=valid_scl,
+                                mask=mask, keep_cloudy=keep_cloudy)
         cube = _stack_in_range(cube, date_range)
     else:
         if layout == "safe":
@@ -98,7 +111,7 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
             acquisitions = cogs.scan(path, valid_scl)
         else:
             acquisitions = bandfiles.scan(path, mask, valid_scl)
-        acquisitions = _one_tile(_in_range(acquisitions, date_range, path), tile, path)
+        acquisitions = _one_tile(in_date_range(acquisitions, date_range, path), tile, path)
         if bands:
             names = [canonical_band(b) for b in bands]
         elif layout == "bandfiles":
@@ -106,30 +119,14 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
         else:
             names = list(DEFAULT_S2_BANDS)
         require_bands(acquisitions, names)
-        cube = AcquisitionCube(acquisitions, names, layout=layout, source=path, resampling=resample, max_open=max_open)
+        cube = AcquisitionCube(acquisitions, names, layout=layout, source=path, resampling=resample, max_open=max_open,
+                               keep_cloudy=keep_cloudy)
+    if keep_cloudy:
+        cube.require_clouds("--keep-cloudy needs")
     if aoi is not None:
         cube.grid = _crop(cube.grid, _aoi_bounds(aoi, cube.grid), path)
     check_not_empty(cube)
     return cube
-
-
-def _in_range(acquisitions: list[Acquisition], date_range, path: Path) -> list[Acquisition]:
-    if not acquisitions:
-        raise DataContentError(f"{path} holds no acquisition")
-    if date_range is None:
-        return acquisitions
-    first, last = date_range
-    kept = [a for a in acquisitions if first <= a.date <= last]
-    if not kept:
-        dates = sorted(a.date for a in acquisitions)
-        raise DataContentError(f"no acquisition of {path} in the date range {_range_text(first, last)} "
-                               f"(it holds {iso(dates[0])} to {iso(dates[-1])}): change the date range")
-    return kept
-
-
-def _range_text(first: int, last: int) -> str:
-    bound = np.iinfo(np.int32)
-    return f"{iso(first) if first > bound.min else '...'} to {iso(last) if last < bound.max else '...'}"
 
 
 def _one_tile(acquisitions: list[Acquisition], tile: str | None, path: Path) -> list[Acquisition]:
@@ -151,7 +148,7 @@ def _stack_in_range(cube: stack.StackCube, date_range) -> stack.StackCube:
         return cube
     keep = (cube.dates >= date_range[0]) & (cube.dates <= date_range[1])
     if not keep.any():
-        raise DataContentError(f"no date of {cube.source} in the date range {_range_text(*date_range)} (it holds "
+        raise DataContentError(f"no date of {cube.source} in the date range {range_text(*date_range)} (it holds "
                                f"{iso(cube.dates[0])} to {iso(cube.dates[-1])}): change the date range")
     cube._slots = [slot for slot, k in zip(cube._slots, keep) if k]
     cube.dates = cube.dates[keep]

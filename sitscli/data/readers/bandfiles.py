@@ -8,7 +8,8 @@ ACQUISITION_DATETIME tag; its variable is the rest of the name ('NDVI', 'B02'), 
 name. Files of one timestamp form one acquisition. The mask variable (CLM, MASK, CLOUD_MASK by
 default, or `mask=`) marks clouds with any non-zero value; an SCL variable is read as Sen2Cor
 classes. Values are used as stored (NDVI stays -1..1), except integer Sentinel-2 band files
-(B02 ...), which are reflectance x 10000 as in every L2A product.
+(B02 ...), which are reflectance x 10000 as in every L2A product. The mask also gives the cloud
+level: SCL classes as in `common.cloud_level`, any other mask 31 where non-zero.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from sitscli.core.dates import parse_date
 from sitscli.core.errors import ConfigError, DataFormatError
 from sitscli.core.progress import log
-from sitscli.data.readers.common import Acquisition, BandFile, MaskFile, canonical_band, open_raster
+from sitscli.data.readers.common import Acquisition, BandFile, CloudFile, MaskFile, canonical_band, open_raster
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 TIMESTAMP = re.compile(r"(?<!\d)(\d{8})(T\d{6})?(?!\d)")
@@ -98,16 +99,17 @@ def scan(root: Path, mask: str | None, valid_scl: tuple[int, ...]) -> list[Acqui
     for stamp, files in sorted(by_stamp.items()):
         if mask_files and stamp not in mask_files:
             raise DataFormatError(f"acquisition {stamp} in {root} has no cloud mask file (add it, or pass mask='none')")
-        masks = ()
+        masks, cloud = (), None
         if stamp in mask_files:
             variable, file = mask_files[stamp]
             masks = (MaskFile(str(file), tuple(valid_scl) if variable == "SCL" else None),)
+            cloud = CloudFile(str(file), "scl" if variable == "SCL" else "binary")
         bands = {}
         for variable, file in files.items():
             scale = scales.setdefault(variable, _scale(variable, file))
             bands[variable] = BandFile(str(file), scale=scale)
         acquisitions.append(Acquisition(
             date=parse_date(stamp[:8], f"date of {stamp}"), stamp=stamp, product=stamp, tile=None, bands=bands,
-            reference=str(next(iter(files.values()))), masks=masks,
+            reference=str(next(iter(files.values()))), masks=masks, cloud=cloud,
         ))
     return acquisitions

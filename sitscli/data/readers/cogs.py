@@ -8,6 +8,7 @@ Scaling, most specific first: the item's `raster:bands` scale/offset for the ass
 DN * scale + offset, Earth Search v1), else DN / 10000 with BOA_ADD_OFFSET -1000 when the item says
 processing baseline >= 04.00 (catalogs that serve the ESA DNs unchanged, e.g. Planetary Computer),
 else DN / 10000. DN 0 is no data (the ESA L2A convention, which the COG conversions keep).
+Cloud levels come from SCL when the folder has it (the fallback of `common.cloud_level`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from sitscli.core.dates import parse_date
 from sitscli.core.errors import DataFormatError
-from sitscli.data.readers.common import COMMON_NAMES, MGRS_TILE, Acquisition, BandFile, MaskFile, canonical_band, normalise_tile
+from sitscli.data.readers.common import (
+    COMMON_NAMES, MGRS_TILE, Acquisition, BandFile, CloudFile, MaskFile, canonical_band, normalise_tile,
+)
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 FOLDER_DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:T(\d{6}))?")
@@ -116,6 +119,7 @@ def scan(root: Path, valid_scl: tuple[int, ...]) -> list[Acquisition]:
         # The grid: a 10 m band when there is one, else whatever band comes first.
         reference = next((str(files[b]) for b in ("B02", "B03", "B04", "B08") if b in files), str(next(iter(files.values()))))
         masks = (MaskFile(str(files["SCL"]), tuple(valid_scl)),) if "SCL" in files else ()
+        cloud = CloudFile(str(files["SCL"]), "scl") if "SCL" in files else None
         acquisitions.append(Acquisition(date=date, stamp=stamp, product=folder.name, tile=_tile(folder, item),
-                                        bands=bands, reference=reference, masks=masks))
+                                        bands=bands, reference=reference, masks=masks, cloud=cloud))
     return acquisitions

@@ -1,12 +1,18 @@
-"""What every file-per-band layout shares: band names, the acquisition record, the open-file pool
-and the cube that reads acquisitions by windows onto one 10 m grid.
+"""What every file-per-band layout shares: band names, the acquisition record, the open-file pool,
+cloud levels and the cube that reads acquisitions by windows onto one 10 m grid.
 
 A layout module (safe, theia, cogs, bandfiles) only scans its folder into `Acquisition`s; reading,
 resampling, masking, same-day merging and checks live here once.
+
+Cloud levels run from 0 (clear) to 31 (surely cloudy), one per observation beside `valid`, for
+models that learn from cloudy observations. Sen2Cor's cloud probability (MSK_CLDPRB, 0-100 %) maps
+to round(p * 31 / 100). Where a product has no probability the level is a documented fallback
+from its classes, on the same scale (see `SCL_CLOUD_LEVEL`, `CLM_CLOUD_LEVEL`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -39,7 +45,55 @@ COMMON_NAMES = {
 # Scene classification classes (Sen2Cor): 4 vegetation, 5 not vegetated, 6 water, 7 unclassified.
 DEFAULT_VALID_SCL = (4, 5, 6, 7)
 
+CLOUD_LEVELS = 31  # the most cloudy level: levels fit in 5 bits
+
+
+def _scl_cloud_levels() -> np.ndarray:
+    """SCL class -> cloud level. Sen2Cor's medium-probability class (8) covers probabilities of about
+    35-65 % and the high one (9) above, hence 20 (~65 %) and 31; thin cirrus (10) is half-way, 16;
+    cloud shadow (3) is no cloud but a degraded observation, 10. Clear, snow, water, dark and
+    defective pixels are 0: they are not clouds (the valid mask still drops them by default)."""
+    table = np.zeros(256, np.uint8)
+    table[3], table[8], table[9], table[10] = 10, 20, CLOUD_LEVELS, 16
+    return table
+
+
+def _clm_cloud_levels() -> np.ndarray:
+    """MAJA CLM byte -> cloud level, on the SCL fallback's scale. Bits (Theia L2A format): 0 clouds or
+    shadows (summary), 1 clouds except the thinnest, 2 mono-temporal clouds, 3 multi-temporal clouds,
+    4 thinnest clouds, 5 shadows of detected clouds, 6 shadows of clouds outside the image, 7 high
+    clouds (1.38 um). Clouds (1-3) -> 31, else thin or high clouds only (4, 7) -> 16 like SCL cirrus,
+    else shadows only (5, 6) -> 10; any other set bit -> 31."""
+    values = np.arange(256)
+    levels = np.where(values & 0b1110, CLOUD_LEVELS,
+                      np.where(values & 0b10010000, 16, np.where(values & 0b1100000, 10,
+                                                                  np.where(values, CLOUD_LEVELS, 0))))
+    return levels.astype(np.uint8)
+
+
+SCL_CLOUD_LEVEL = _scl_cloud_levels()
+CLM_CLOUD_LEVEL = _clm_cloud_levels()
+# What `cloud_source` calls each kind of cloud raster.
+CLOUD_SOURCE_NAMES = {"probability": "MSK_CLDPRB", "scl": "SCL", "clm_bits": "CLM", "binary": "mask"}
+
+
+def cloud_level(data: np.ndarray, kind: str) -> np.ndarray:
+    """Cloud level 0-31 (uint8, same shape) of a cloud raster's values.
+
+    kind: 'probability' (0-100 %), 'scl' (Sen2Cor classes), 'clm_bits' (MAJA CLM) or 'binary'
+    (any non-zero value is a cloud: 31).
+    """
+    if kind == "probability":
+        return np.rint(np.clip(data.astype(np.float64), 0, 100) * CLOUD_LEVELS / 100).astype(np.uint8)
+    if kind == "binary":
+        return np.where(data != 0, CLOUD_LEVELS, 0).astype(np.uint8)
+    table = SCL_CLOUD_LEVEL if kind == "scl" else CLM_CLOUD_LEVEL
+    return table[np.clip(data, 0, 255).astype(np.intp)]
+
+
 MGRS_TILE = re.compile(r"(?<![0-9A-Z])T?(\d{2}[C-X][A-Z]{2})(?![0-9A-Z])")
+
+NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?:T?(\d{6}))?(?!\d)")
 
 _BAND_CODE = re.compile(r"B0*(\d{1,2})(A?)", re.IGNORECASE)
 
@@ -57,6 +111,22 @@ def canonical_band(name: str) -> str:
         number, narrow = int(code[1]), code[2].upper()
         return f"B{number}A" if narrow else f"B{number:02d}"
     return text.upper()
+
+
+def date_in_name(*texts: str) -> tuple[int, str] | None:
+    """(days since 1970-01-01, 'YYYYMMDDTHHMMSS' or 'YYYYMMDD') of the first calendar date written
+    YYYYMMDD (optionally followed by [T]HHMMSS) in the first of `texts` that holds one, else None.
+    Eight digits that are no date ('12345678') are skipped."""
+    for text in texts:
+        for match in NAME_TIMESTAMP.finditer(text):
+            year, month, day, time = match.groups()
+            try:
+                when = dt.date(int(year), int(month), int(day))
+            except ValueError:
+                continue
+            if 1950 <= when.year <= 2100:
+                return (when - dt.date(1970, 1, 1)).days, f"{year}{month}{day}" + (f"T{time}" if time else "")
+    return None
 
 
 def normalise_tile(tile: str | None) -> str | None:
@@ -86,12 +156,21 @@ class MaskFile:
     valid_values: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class CloudFile:
+    """A per-acquisition raster that grades clouds; `kind` is one of `cloud_level`'s kinds."""
+
+    path: str
+    kind: str
+
+
 @dataclass(frozen=True, eq=False)
 class Acquisition:
     """One product (or granule) of one tile at one time.
 
     `stamp` orders acquisitions of the same day (acquisition time, then product name); `reference`
-    is a file on the product's 10 m grid, opened once at open time for its CRS and grid.
+    is a file on the product's 10 m grid, opened once at open time for its CRS and grid; `cloud`
+    grades its clouds (None when the product says nothing about clouds).
     """
 
     date: int
@@ -101,6 +180,7 @@ class Acquisition:
     bands: dict[str, BandFile]
     reference: str
     masks: tuple[MaskFile, ...] = field(default=())
+    cloud: CloudFile | None = None
 
 
 def open_raster(path: str) -> rasterio.DatasetReader:
@@ -183,15 +263,22 @@ class AcquisitionCube(Cube):
     """A cube over acquisitions stored as one file per band (SAFE, Theia, COG folders, per-date files).
 
     Acquisitions of the same day (two granules of one orbit, or two passes) are merged into one date:
-    per pixel the first valid observation in `stamp` order is kept, so the result does not depend on
-    the order of files on disk.
+    per pixel the first valid observation in `stamp` order is kept, else (for `keep_cloudy` and the
+    cloud level) the first one with data, so the result does not depend on the order of files on disk.
+    With `keep_cloudy`, `read` returns the reflectance under clouds too (`valid` stays False there);
+    only no-data stays 0.
     """
 
     def __init__(self, acquisitions: Sequence[Acquisition], band_names: Sequence[str], *, layout: str,
-                 source: Path, resampling: Resampling = Resampling.nearest, max_open: int = 128):
+                 source: Path, resampling: Resampling = Resampling.nearest, max_open: int = 128,
+                 keep_cloudy: bool = False):
         self.layout = layout
         self.source = source
         self.band_names = list(band_names)
+        self.keep_cloudy = keep_cloudy
+        kinds = {a.cloud.kind for a in acquisitions if a.cloud is not None}
+        graded = all(a.cloud is not None for a in acquisitions)
+        self.cloud_source = "+".join(sorted(CLOUD_SOURCE_NAMES[k] for k in kinds)) if graded and kinds else None
         # Nearest by default: a 20 m pixel becomes 2 x 2 identical 10 m pixels, exactly the measured
         # values, and a window reads the same as the same pixels of a whole-tile read (no seams).
         self.resampling = resampling
@@ -222,17 +309,60 @@ class AcquisitionCube(Cube):
         return Grid(ds.crs, ds.transform, ds.height, ds.width)
 
     def _read(self, window: Window, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values, valid, _ = self._merge(window, times, cloud=False)
+        return values, valid
+
+    def _read_cloud(self, window: Window, times: np.ndarray) -> np.ndarray:
+        return self._merge(window, times, values=False)[2]
+
+    def read_with_cloud(self, window: Window | None = None,
+                        times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """values, valid and cloud level in one pass over the files (see `Cube.read_with_cloud`)."""
+        self.require_clouds("cloud levels need")
+        window = window or Window(0, 0, self.grid.width, self.grid.height)
+        times = np.arange(len(self.dates)) if times is None else np.asarray(times)
+        return self._merge(window, times)
+
+    def _merge(self, window: Window, times: np.ndarray, *, values: bool = True,
+               cloud: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Merge each date's acquisitions: values (t, C, h, w), valid (t, h, w), cloud (t, h, w) uint8.
+
+        A pixel takes the first valid acquisition, else (keep_cloudy and cloud level) the first with
+        data; a pixel without data anywhere takes the cloud level of the day's first acquisition.
+        Without `values`, a date of one acquisition reads its cloud raster only.
+        """
         bounds = window_bounds(window, self.grid)
         h, w = int(window.height), int(window.width)
-        values = np.zeros((len(times), len(self.band_names), h, w), np.float32)
+        out = np.zeros((len(times), len(self.band_names), h, w), np.float32) if values else None
         valid = np.zeros((len(times), h, w), bool)
+        levels = np.zeros((len(times), h, w), np.uint8) if cloud else None
         for i, t in enumerate(times):
-            for acq in self._slots[t]:
-                acq_values, acq_valid = self._read_acquisition(acq, bounds, (h, w))
+            slot = self._slots[t]
+            if not values and len(slot) == 1:
+                levels[i] = self._read_cloud_level(slot[0], bounds, (h, w))
+                continue
+            filled = np.zeros((h, w), bool)  # pixels holding an observation (valid or, so far, cloudy)
+            for acq in slot:
+                acq_values, acq_valid, acq_data = self._read_acquisition(acq, bounds, (h, w))
                 take = acq_valid & ~valid[i]  # (h, w): pixels this acquisition fills first
-                values[i][:, take] = acq_values[:, take]
-                valid[i] |= take
-        return values, valid
+                if self.keep_cloudy or cloud:
+                    take |= acq_data & ~filled
+                if values:
+                    keep = take if self.keep_cloudy else take & acq_valid
+                    out[i][:, keep] = acq_values[:, keep]
+                if cloud and acq is slot[0]:  # everywhere: later acquisitions overwrite the pixels they take
+                    levels[i] = self._read_cloud_level(acq, bounds, (h, w))
+                elif cloud and take.any():
+                    levels[i][take] = self._read_cloud_level(acq, bounds, (h, w))[take]
+                valid[i] |= take & acq_valid
+                filled |= take
+        return out, valid, levels
+
+    def _read_cloud_level(self, acq: Acquisition, bounds, shape) -> np.ndarray:
+        """(h, w) uint8 cloud level of one acquisition (0 outside its raster)."""
+        ds = self._pool.get(acq.cloud.path)
+        data = read_on_grid(ds, 1, bounds, shape, Resampling.nearest)  # 20 m probability -> 10 m, unblended
+        return np.where(np.ma.getmaskarray(data), 0, cloud_level(np.ma.getdata(data), acq.cloud.kind)).astype(np.uint8)
 
     def _read_masks(self, acq: Acquisition, bounds, shape) -> np.ndarray:
         """(h, w) bool: clear according to the acquisition's mask files (all True without masks)."""
@@ -245,23 +375,26 @@ class AcquisitionCube(Cube):
             clear &= ~outside & (data == 0 if mask.valid_values is None else np.isin(data, mask.valid_values))
         return clear
 
-    def _read_acquisition(self, acq: Acquisition, bounds, shape) -> tuple[np.ndarray, np.ndarray]:
-        """values (C, h, w) float32 (0 where invalid), valid (h, w) bool for one acquisition."""
-        valid = self._read_masks(acq, bounds, shape)
+    def _read_acquisition(self, acq: Acquisition, bounds, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """values (C, h, w) float32, valid (h, w) bool (clear and with data), data (h, w) bool (with
+        data in every band) for one acquisition; values are 0 where not valid, or where without data
+        when the cube keeps cloudy observations."""
+        data_ok = np.ones(shape, bool)
         values = np.empty((len(self.band_names), *shape), np.float32)
         for c, name in enumerate(self.band_names):
             band = acq.bands[name]
             ds = self._pool.get(band.path)
             data = read_on_grid(ds, band.index, bounds, shape, self.resampling)
             nodata = band.nodata if band.nodata is not None else ds.nodata
-            valid &= ~np.ma.getmaskarray(data)
+            data_ok &= ~np.ma.getmaskarray(data)
             data = np.ma.getdata(data).astype(np.float32)
-            valid &= np.isfinite(data)
+            data_ok &= np.isfinite(data)
             if nodata is not None and not math.isnan(nodata):
-                valid &= data != nodata
+                data_ok &= data != nodata
             values[c] = (data + band.offset) * band.scale
-        values[:, ~valid] = 0
-        return values, valid
+        valid = self._read_masks(acq, bounds, shape) & data_ok
+        values[:, ~(data_ok if self.keep_cloudy else valid)] = 0
+        return values, valid, data_ok
 
     def coarse_valid(self, max_size: int = 512) -> np.ndarray:
         """(T, h, w) bool validity on a decimated view of the whole grid (h, w <= max_size).
@@ -314,3 +447,25 @@ def check_not_empty(cube: AcquisitionCube | Cube) -> None:
         raise DataContentError(f"every date of {cube.source} is cloudy or without data ({len(cube.dates)} dates "
                                f"{iso(cube.dates[0])} to {iso(cube.dates[-1])}): widen the date range or the area, "
                                "or relax the mask (--valid-scl)")
+
+
+def range_text(first: int, last: int) -> str:
+    """'2020-01-01 to 2020-12-31' for a date range whose open ends are the int32 extremes ('...')."""
+    bound = np.iinfo(np.int32)
+    return f"{iso(first) if first > bound.min else '...'} to {iso(last) if last < bound.max else '...'}"
+
+
+def in_date_range(items: list, date_range: tuple[int, int] | None, path: Path, what: str = "acquisition") -> list:
+    """The items (anything with an int `date`) inside `date_range` (inclusive); a one-line error naming
+    both periods when none is."""
+    if not items:
+        raise DataContentError(f"{path} holds no {what}")
+    if date_range is None:
+        return items
+    first, last = date_range
+    kept = [a for a in items if first <= a.date <= last]
+    if not kept:
+        dates = sorted(a.date for a in items)
+        raise DataContentError(f"no {what} of {path} in the date range {range_text(first, last)} "
+                               f"(it holds {iso(dates[0])} to {iso(dates[-1])}): change the date range")
+    return kept

@@ -5,6 +5,8 @@ T31TCJ_20200815T103629_B02_10m.jp2`; each band is taken at the finest resolution
 (B02 B03 B04 B08 10 m, B05 B06 B07 B8A B11 B12 SCL 20 m, B01 B09 60 m) and resampled to 10 m at read.
 Reflectance = (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE from MTD_MSIL2A.xml (the offset,
 -1000, exists from processing baseline 04.00, 25 January 2022); DN 0 is no data.
+Cloud levels come from the granule's cloud probability `QI_DATA/MSK_CLDPRB_20m.jp2` (0-100 %; the
+2017-era `QI_DATA/*_CLD_20m.jp2`), else from SCL (the documented fallback of `common.cloud_level`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from pathlib import Path
 from sitscli.core.dates import to_days
 from sitscli.core.errors import DataFormatError
 from sitscli.data.readers.archive import ProductFiles
-from sitscli.data.readers.common import MGRS_TILE, Acquisition, BandFile, MaskFile, canonical_band, normalise_tile
+from sitscli.data.readers.common import (
+    MGRS_TILE, Acquisition, BandFile, CloudFile, MaskFile, canonical_band, normalise_tile,
+)
 
 PRODUCT_NAME = re.compile(r"S2[A-D]_MSIL2A_(\d{8})T(\d{6})_N\d{4}_R\d{3}_T(\d{2}[A-Z]{3})_\d{8}T\d{6}")
 # Band files in any granule: '.../IMG_DATA/R20m/T31TCJ_20200815T103629_B8A_20m.jp2' (also the
 # 2017-era 'L2A_T31TCJ_..._B8A_20m.jp2').
 BAND_FILE = re.compile(r"^(?P<granule>.*?)/IMG_DATA/R(?P<res>\d+)m/[^/]*_(?P<band>B\d\d|B8A|SCL)_\d+m\.jp2$", re.IGNORECASE)
+# Cloud probability of a granule: 'GRANULE/L2A_.../QI_DATA/MSK_CLDPRB_20m.jp2' (and _60m), before
+# PSD 14.5 (2018) 'QI_DATA/L2A_T31TCJ_..._CLD_20m.jp2'.
+CLOUD_PROBABILITY = re.compile(r"^(?P<granule>.*?)/QI_DATA/(?:MSK_CLDPRB|[^/]*_CLD)_(?P<res>\d+)m\.jp2$", re.IGNORECASE)
 # MTD band_id order (Sentinel-2 Products Specification Document): used when the MTD lists no
 # Spectral_Information to map ids to bands.
 BAND_ID_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -89,6 +96,7 @@ def scan(root: Path, valid_scl: tuple[int, ...]) -> list[Acquisition]:
             raise DataFormatError(f"product {files.name} has no MTD_MSIL2A.xml (incomplete product: download it again)")
         quantification, offsets = read_scaling(xml, files.name)
         stamp, named_tile = _sensing(files, xml)
+        probabilities = _cloud_probabilities(files)
         for granule, bands in _granule_bands(files).items():
             if "SCL" not in bands:
                 raise DataFormatError(f"product {files.name} has no SCL band (the scene classification is needed "
@@ -98,10 +106,13 @@ def scan(root: Path, valid_scl: tuple[int, ...]) -> list[Acquisition]:
                 for band, (_, member) in bands.items() if band != "SCL"
             }
             _, finest = min(bands.values())  # the grid of the finest band (10 m) is the cube's grid
+            scl = files.gdal_path(bands["SCL"][1])
+            cloud = (CloudFile(files.gdal_path(probabilities[granule]), "probability") if granule in probabilities
+                     else CloudFile(scl, "scl"))
             acquisitions.append(Acquisition(
                 date=int(to_days([f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"])[0]), stamp=stamp,
                 product=files.name, tile=normalise_tile(named_tile or _tile_of(granule)), bands=band_files,
-                reference=files.gdal_path(finest), masks=(MaskFile(files.gdal_path(bands["SCL"][1]), tuple(valid_scl)),),
+                reference=files.gdal_path(finest), masks=(MaskFile(scl, tuple(valid_scl)),), cloud=cloud,
             ))
     return acquisitions
 
@@ -120,6 +131,16 @@ def _granule_bands(files: ProductFiles) -> dict[str, dict[str, tuple[int, str]]]
         raise DataFormatError(f"product {files.name} holds no band image (GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2 ...): "
                               "incomplete product, download it again")
     return found
+
+
+def _cloud_probabilities(files: ProductFiles) -> dict[str, str]:
+    """{granule folder: member} of each granule's finest cloud probability raster."""
+    found: dict[str, tuple[int, str]] = {}
+    for member in files.members:
+        match = CLOUD_PROBABILITY.match(member)
+        if match and (match["granule"] not in found or int(match["res"]) < found[match["granule"]][0]):
+            found[match["granule"]] = (int(match["res"]), member)
+    return {granule: member for granule, (_, member) in found.items()}
 
 
 def _tile_of(granule: str) -> str | None:

@@ -5,7 +5,9 @@ Dates and band names come from the band descriptions ('2021-10-03 B02', GEE's
 ISO date a line: `dates_file`, or a sidecar `STACK.dates.txt` / `STACK_dates.txt` / `dates.txt`) and
 `bands`. A per-date band named SCL, CLM or MASK is a mask, not a feature. Values: the GeoTIFF's
 scale/offset when it declares them, else integer stacks are reflectance x 10000 and float stacks
-are used as stored; the file's no-data and NaN are invalid.
+are used as stored; the file's no-data and NaN are invalid. The mask band also gives the cloud
+level: SCL classes as in `common.cloud_level`, CLM/MASK 31 where non-zero; a stack without mask band
+has no cloud information.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rasterio.enums import Resampling
 from sitscli.core.dates import iso, parse_date
 from sitscli.core.errors import ConfigError, DataFormatError
 from sitscli.data.cube import Cube, Grid
-from sitscli.data.readers.common import DatasetPool, canonical_band, read_on_grid, window_bounds
+from sitscli.data.readers.common import DatasetPool, canonical_band, cloud_level, read_on_grid, window_bounds
 
 SUFFIXES = (".tif", ".tiff", ".vrt")
 DESCRIPTION_DATE = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2}|\d{8})(?:T\d{6})?(?!\d)")
@@ -62,8 +64,11 @@ class StackCube(Cube):
     layout = "stack"
 
     def __init__(self, path: Path, *, dates: list[int], band_names: list[str], layers: np.ndarray,
-                 mask_layers: np.ndarray, valid_scl: tuple[int, ...], mask_kind: str | None, max_open: int = 8):
+                 mask_layers: np.ndarray, valid_scl: tuple[int, ...], mask_kind: str | None, max_open: int = 8,
+                 keep_cloudy: bool = False):
         self.source = path
+        self.keep_cloudy = keep_cloudy
+        self.cloud_source = None if mask_kind is None else ("SCL" if mask_kind == "SCL" else "mask")
         self._pool = DatasetPool(max_open)
         ds = self._pool.get(str(path))
         if ds.crs is None:
@@ -88,23 +93,25 @@ class StackCube(Cube):
         integer = np.issubdtype(np.dtype(ds.dtypes[0]), np.integer)
         return np.full(ds.count, 1e-4 if integer else 1.0), np.zeros(ds.count)
 
-    def _read_layers(self, layers, mask_layer, bounds, shape, ds) -> tuple[np.ndarray, np.ndarray]:
-        """values (C, h, w) and valid (h, w) of one date's layers."""
-        valid = np.ones(shape, bool)
+    def _read_layers(self, layers, mask_layer, bounds, shape, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """values (C, h, w), valid (h, w) and data (h, w) (no-data in no band) of one date's layers; values
+        are 0 where not valid, or only where without data when the cube keeps cloudy observations."""
+        data_ok = np.ones(shape, bool)
         values = np.empty((len(layers), *shape), np.float32)
         for c, index in enumerate(layers):
             data = read_on_grid(ds, int(index), bounds, shape, Resampling.nearest)
-            valid &= ~np.ma.getmaskarray(data)
+            data_ok &= ~np.ma.getmaskarray(data)
             data = np.ma.getdata(data).astype(np.float64)
-            valid &= np.isfinite(data)
+            data_ok &= np.isfinite(data)
             if self._nodata is not None and not math.isnan(self._nodata):
-                valid &= data != self._nodata
+                data_ok &= data != self._nodata
             values[c] = data * self._scale[index - 1] + self._offset[index - 1]
+        valid = data_ok.copy()
         if mask_layer:
             mask = np.ma.getdata(read_on_grid(ds, int(mask_layer), bounds, shape, Resampling.nearest))
             valid &= np.isin(mask, self.valid_scl) if self.mask_kind == "SCL" else mask == 0
-        values[:, ~valid] = 0
-        return values, valid
+        values[:, ~(data_ok if self.keep_cloudy else valid)] = 0
+        return values, valid, data_ok
 
     def _read(self, window, times):
         ds = self._pool.get(str(self.source))
@@ -113,12 +120,40 @@ class StackCube(Cube):
         values = np.zeros((len(times), len(self.band_names), *shape), np.float32)
         valid = np.zeros((len(times), *shape), bool)
         for i, t in enumerate(times):
+            filled = np.zeros(shape, bool)
             for layers, mask_layer in self._slots[t]:
-                layer_values, layer_valid = self._read_layers(layers, mask_layer, bounds, shape, ds)
-                take = layer_valid & ~valid[i]
+                layer_values, layer_valid, layer_data = self._read_layers(layers, mask_layer, bounds, shape, ds)
+                take = layer_valid & ~valid[i]  # first valid layer, else (keep_cloudy) first with data
+                if self.keep_cloudy:
+                    take |= layer_data & ~filled
                 values[i][:, take] = layer_values[:, take]
-                valid[i] |= take
+                valid[i] |= take & layer_valid
+                filled |= take
         return values, valid
+
+    def _read_cloud(self, window, times) -> np.ndarray:
+        """Cloud level of the layer `read` keeps: the first valid one, else the first with data, else the first."""
+        ds = self._pool.get(str(self.source))
+        bounds = window_bounds(window, self.grid)
+        shape = (int(window.height), int(window.width))
+        levels = np.zeros((len(times), *shape), np.uint8)
+        kind = "scl" if self.mask_kind == "SCL" else "binary"
+        for i, t in enumerate(times):
+            slot = self._slots[t]
+            valid, filled = np.zeros(shape, bool), np.zeros(shape, bool)
+            for k, (layers, mask_layer) in enumerate(slot):
+                level = cloud_level(np.ma.getdata(read_on_grid(ds, int(mask_layer), bounds, shape, Resampling.nearest)),
+                                    kind)
+                if k == 0:  # everywhere: later layers overwrite the pixels they take
+                    levels[i] = level
+                if len(slot) == 1:  # nothing to choose between: no need to read the bands
+                    break
+                _, layer_valid, layer_data = self._read_layers(layers, mask_layer, bounds, shape, ds)
+                take = (layer_valid & ~valid) | (layer_data & ~filled)
+                levels[i][take] = level[take]
+                valid |= take & layer_valid
+                filled |= take
+        return levels
 
     def coarse_valid(self, max_size: int = 512) -> np.ndarray:
         """(T, h, w) bool validity on a decimated view (the mask band, else the first band's no-data)."""
@@ -136,7 +171,7 @@ class StackCube(Cube):
 
 
 def open_stack(path: Path, *, bands: list[str] | None, dates_file: Path | None, valid_scl: tuple[int, ...],
-               mask: str | None = None) -> StackCube:
+               mask: str | None = None, keep_cloudy: bool = False) -> StackCube:
     """Work out the (date, band) of every layer of `path` and return its cube."""
     pool = DatasetPool(1)
     ds = pool.get(str(path))
@@ -152,7 +187,7 @@ def open_stack(path: Path, *, bands: list[str] | None, dates_file: Path | None, 
     else:
         raise DataFormatError(f"{path}: its band descriptions do not give dates and bands (e.g. '2021-10-03 B02'): "
                               "pass a dates file (one ISO date a line) and the band names")
-    return _build(path, layer_dates, layer_bands, bands, valid_scl, mask)
+    return _build(path, layer_dates, layer_bands, bands, valid_scl, mask, keep_cloudy)
 
 
 def _layers_from_lists(path, count, dates, bands, dates_path) -> tuple[list[int], list[str]]:
@@ -171,7 +206,7 @@ def _layers_from_lists(path, count, dates, bands, dates_path) -> tuple[list[int]
     return [d for d in dates for _ in names], names * len(dates)
 
 
-def _build(path, layer_dates, layer_bands, bands, valid_scl, mask) -> StackCube:
+def _build(path, layer_dates, layer_bands, bands, valid_scl, mask, keep_cloudy) -> StackCube:
     """Group layers date-major into (T, C) indexes; the requested bands select and order C."""
     dates, per_date = [], []
     for i, (date, band) in enumerate(zip(layer_dates, layer_bands), start=1):
@@ -191,4 +226,4 @@ def _build(path, layer_dates, layer_bands, bands, valid_scl, mask) -> StackCube:
     layers = np.array([[group[b] for b in wanted] for group in per_date], dtype=np.int64)
     mask_layers = np.array([group.get(mask_kind, 0) if mask_kind else 0 for group in per_date], dtype=np.int64)
     return StackCube(path, dates=dates, band_names=wanted, layers=layers, mask_layers=mask_layers,
-                     valid_scl=valid_scl, mask_kind=mask_kind)
+                     valid_scl=valid_scl, mask_kind=mask_kind, keep_cloudy=keep_cloudy)

@@ -3,7 +3,8 @@
 `SENTINEL2A_20180105-105107-343_L2A_T31TCJ_C_V2-2/..._FRE_B2.tif` (or SRE_): int16 reflectance
 x 10000, nodata -10000; B2 B3 B4 B8 at 10 m, B5 B6 B7 B8A B11 B12 at 20 m. Validity from
 MASKS/..._CLM_R1.tif (cloud bits, 0 = clear) and _EDG_R1.tif (1 = outside the swath), both on the
-10 m grid; the 20 m bands' own edges are caught by their -10000 no-data.
+10 m grid; the 20 m bands' own edges are caught by their -10000 no-data. Theia gives no cloud
+probability: cloud levels come from the CLM bits (the fallback of `common.cloud_level`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from sitscli.core.dates import to_days
 from sitscli.core.errors import ConfigError, DataFormatError
 from sitscli.data.readers.archive import ProductFiles
-from sitscli.data.readers.common import Acquisition, BandFile, MaskFile, canonical_band
+from sitscli.data.readers.common import Acquisition, BandFile, CloudFile, MaskFile, canonical_band
 
 PRODUCT_NAME = re.compile(r"SENTINEL2[A-D]_(\d{8})-(\d{6})-\d+_L2A_T(\d{2}[A-Z]{3})_")
 NODATA = -10000
@@ -56,6 +57,7 @@ def scan(root: Path, product: str = "FRE") -> list[Acquisition]:
         acquisitions.append(Acquisition(
             date=int(to_days([f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}"])[0]), stamp=f"{named[1]}T{named[2]}",
             product=files.name, tile=named[3], bands=bands, reference=bands["B02"].path, masks=masks,
+            cloud=CloudFile(masks[0].path, "clm_bits"),
         ))
     return acquisitions
 

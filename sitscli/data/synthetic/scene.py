@@ -51,7 +51,7 @@ def agronomic_years(years: int) -> list[tuple[str, str]]:
     return [(f"{FIRST_YEAR + y}-10-01", f"{FIRST_YEAR + y + 1}-09-30") for y in range(years)]
 
 
-def _season_cloudiness(date: dt.date) -> float:
+def season_cloudiness(date: dt.date) -> float:
     """Mean cloud cover by day of year: ~0.7 in mid-winter, ~0.35 in mid-summer (south-west France)."""
     doy = date.timetuple().tm_yday
     return 0.525 + 0.175 * np.cos(2 * np.pi * (doy - 15) / 365.25)
@@ -68,7 +68,7 @@ def calendar(years: int, seed: int) -> list[Acquisition]:
     out = []
     date, i = FIRST_DATE, 0
     while date <= end:
-        m = _season_cloudiness(date)
+        m = season_cloudiness(date)
         cover = float(rng.beta(1.2 * m, 1.2 * (1 - m)))
         out.append(Acquisition(i, date, "S2B" if i % 2 == 0 else "S2A", cover))
         date, i = date + dt.timedelta(days=5), i + 1
@@ -111,15 +111,18 @@ class Sky:
         return float(((self.opacity >= 0.25) | (self.cirrus >= 0.015)).mean())
 
 
-def make_sky(acq: Acquisition, shape: tuple[int, int], seed: int) -> Sky:
+def make_sky(acq: Acquisition, shape: tuple[int, int], seed: int, purpose: int = 2) -> Sky:
     """Cloud blobs (smooth noise thresholded), their shadows, thin cirrus and the swath edge.
+
+    `purpose` seeds the draws with the date index; another sensor passes its own so its skies are
+    independent of Sentinel-2's.
 
     The cloud field covers the area plus SHADOW_PAD px to the south and east; a shadow is the
     cloud field shifted toward the sun: the sun stands in the south-south-east at 10:50 UTC
     (azimuth ~165 deg), so shadows fall north-north-west of their cloud by h tan(zenith), h the
     cloud height (0.5-1.5 km), capped at SHADOW_PAD.
     """
-    rng = np.random.default_rng([seed, 2, acq.index])
+    rng = np.random.default_rng([seed, purpose, acq.index])
     height, width = shape
     canvas = (height + SHADOW_PAD, width + SHADOW_PAD)
     field = 0.75 * smooth_noise(canvas, 30.0, rng) + 0.25 * smooth_noise(canvas, 6.0, rng)
@@ -151,8 +154,8 @@ class SceneModel:
         self.transform = Affine(10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1])
         self.calendar = calendar(years, seed)
         days = np.array([(a.date - dt.date(FIRST_YEAR, 10, 1)).days for a in self.calendar], np.float32)
-        timings = [self._timings(year, rng) for year in range(years)]
-        self.cover = annual_cover(self.land.classes, timings, days, difficulty)  # (n, 3, T_all)
+        self.timings = [self._timings(year, rng) for year in range(years)]
+        self.cover = self.cover_at(days)  # (n, 3, T_all) on the Sentinel-2 calendar
         n = self.land.n_parcels
         self.soil = SPECTRA["soil"][None, :] * rng.uniform(0.8, 1.2, (n, 1)).astype(np.float32)  # (n, 12)
         # Within-field heterogeneity (soil depth, density): a fine static texture scaling the cover.
@@ -163,8 +166,23 @@ class SceneModel:
         return {int(c): sample_timing(int((classes == c).sum()), CLASSES[c], self.difficulty, rng)
                 for c in np.unique(classes)}
 
+    def cover_at(self, days: np.ndarray) -> np.ndarray:
+        """(n_parcels, 3, len(days)) green/dry/flower cover at `days` since 1 October of the first year.
+
+        Other sensors evaluate the same per-parcel curves on their own dates.
+        """
+        return annual_cover(self.land.classes, self.timings, np.asarray(days, np.float32), self.difficulty)
+
     def year_of(self, acq: Acquisition) -> int:
-        return min(self.years - 1, (acq.date - dt.date(FIRST_YEAR, 10, 1)).days // 365)
+        return self.year_of_date(acq.date)
+
+    def year_of_date(self, date: dt.date) -> int:
+        """0-based agronomic year of a date (the last year keeps the days past its end)."""
+        return min(self.years - 1, (date - dt.date(FIRST_YEAR, 10, 1)).days // 365)
+
+    def classes_on(self, date: dt.date) -> np.ndarray:
+        """(n_parcels,) class index of every parcel in the agronomic year of `date`."""
+        return self.land.classes[:, self.year_of_date(date)]
 
     def surface(self, acq: Acquisition, rows: slice = slice(None)) -> np.ndarray:
         """Cloud-free surface reflectance (12, h, W) float32 of the date, bands in BANDS order.
@@ -247,3 +265,25 @@ def scene_classification(refl: np.ndarray, sky: Sky, water: np.ndarray) -> np.nd
     scl = np.where(opacity >= 0.6, SCL_CLOUD_HIGH, scl)
     scl = np.where(agg(sky.nodata) >= 0.5, SCL_NODATA, scl)
     return scl.astype(np.uint8)
+
+
+def fine_size(pixels: int, resolution: float) -> int:
+    """Pixels of `resolution` metres that cover `pixels` 10 m pixels (the last one may reach beyond)."""
+    return int(np.ceil(pixels * 10.0 / resolution - 1e-6))
+
+
+def fine_coordinates(start: int, stop: int, resolution: float, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where fine pixels start..stop-1 (of `resolution` m, from the 10 m grid's origin) fall on the 10 m grid.
+
+    Returns (position, index), each (stop - start,): the fine pixel centre in 10 m pixel units with
+    10 m pixel centres at integers (for bilinear sampling), and the 10 m pixel holding the centre
+    (clipped to `pixels` - 1), so that parcel borders stay sharp at the fine resolution.
+    """
+    centre = (np.arange(start, stop) + 0.5) * resolution / 10.0
+    return (centre - 0.5).astype(np.float32), np.minimum(centre.astype(np.int64), pixels - 1)
+
+
+def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(h, w) samples of a 2-D `image` at the outer product of fractional `rows` (h,) and `cols` (w,)."""
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(image, [r, c], order=1, mode="nearest").astype(np.float32)

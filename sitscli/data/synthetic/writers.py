@@ -2,7 +2,8 @@
 
 Each writer takes one acquisition already rendered — reflectance (12, H, W) float32 on the 10 m
 grid in `BANDS` order, its `Sky` and its 20 m SCL — and writes the files a real product of that
-layout holds for these bands (the SAFE layout leaves out AOT, WVP, TCI and the QI masks).
+layout holds for these bands (the SAFE layout leaves out AOT, WVP, TCI and the QI masks but
+MSK_CLDPRB, the cloud probability, which the COG layout carries as `CLD.tif`).
 Nothing carries a timestamp, so the same seed writes the same bytes.
 """
 
@@ -89,6 +90,11 @@ class Naming:
         return (f"GRANULE/{self.granule}/IMG_DATA/R{res}m/T{TILE}_{self.sensing:%Y%m%dT%H%M%S}_{band}_{res}m.jp2")
 
     @property
+    def cloud_probability_file(self) -> str:
+        """GRANULE/L2A_.../QI_DATA/MSK_CLDPRB_20m.jp2: Sen2Cor's cloud probability (0-100 %, 20 m)."""
+        return f"GRANULE/{self.granule}/QI_DATA/MSK_CLDPRB_20m.jp2"
+
+    @property
     def theia(self) -> str:
         sat = "SENTINEL2" + self.acq.satellite[-1]
         return f"{sat}_{self.sensing:%Y%m%d-%H%M%S}-{self.acq.index * 37 % 1000:03d}_L2A_T{TILE}_C_V2-2"
@@ -102,17 +108,28 @@ def _grid(transform: Affine, res: int) -> Affine:
     return Affine(float(res), 0.0, transform.c, 0.0, -float(res), transform.f)
 
 
-def _write_raster(path: Path, data: np.ndarray, transform: Affine, options: dict, nodata=None, **tags) -> None:
-    """Write a 2-D array (or (bands, h, w)) with the CRS and the given creation options."""
+def raster_profile(options: dict, shape: tuple[int, int, int], dtype, transform: Affine, nodata=None) -> dict:
+    """rasterio profile of a (bands, h, w) raster in the scene CRS; GTiff blocks shrink on small rasters."""
+    profile = dict(options, width=shape[2], height=shape[1], count=shape[0], dtype=dtype, crs=CRS,
+                   transform=transform, nodata=nodata)
+    if options["driver"] == "GTiff" and min(shape[1:]) < 256:
+        profile.update(blockxsize=128 if min(shape[1:]) >= 128 else 16,
+                       blockysize=128 if min(shape[1:]) >= 128 else 16)
+    return profile
+
+
+def write_raster(path: Path, data: np.ndarray, transform: Affine, options: dict, nodata=None,
+                  descriptions: tuple[str, ...] | None = None, **tags) -> None:
+    """Write a 2-D array (or (bands, h, w)) with the CRS and the given creation options.
+
+    `descriptions` names the bands (GDAL band descriptions); `tags` go to the dataset metadata.
+    """
     data = data if data.ndim == 3 else data[None]
-    profile = dict(options, width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype, crs=CRS, transform=transform, nodata=nodata)
-    if options["driver"] == "GTiff" and min(data.shape[1:]) < 256:
-        profile.update(blockxsize=128 if min(data.shape[1:]) >= 128 else 16,
-                       blockysize=128 if min(data.shape[1:]) >= 128 else 16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
+    with rasterio.open(path, "w", **raster_profile(options, data.shape, data.dtype, transform, nodata)) as dst:
         dst.write(data)
+        for band, description in enumerate(descriptions or (), start=1):
+            dst.set_band_description(band, description)
         if tags:
             dst.update_tags(**tags)
 
@@ -129,6 +146,22 @@ def at_resolution(refl: np.ndarray, nodata: np.ndarray, band: str) -> tuple[np.n
     factor = RESOLUTION[band] // 10
     values = block_mean(refl[BANDS.index(band)], factor)
     return values, block_mean(nodata.astype(np.float32), factor) >= 0.5
+
+
+# Sen2Cor's cloud probability thresholds: 35 % and more is a medium-probability cloud, 65 % and
+# more a high-probability one (L2A GIPP). The probability is mapped from the 20 m opacity so that
+# these thresholds fall on the opacities at which the SCL flags medium (0.25) and high (0.6)
+# clouds; thin cirrus (flagged at 0.015 of added reflectance) stays below the medium threshold.
+CLOUD_PROBABILITY_OPACITY = ((0.0, 0.25, 0.6, 1.0), (0.0, 35.0, 65.0, 100.0))
+CLOUD_PROBABILITY_CIRRUS = ((0.0, 0.015, 0.04), (0.0, 20.0, 30.0))
+
+
+def cloud_probability(sky: Sky) -> np.ndarray:
+    """(ceil(H/2), ceil(W/2)) uint8 cloud probability 0-100 % at 20 m (MSK_CLDPRB_20m), 0 outside the swath."""
+    opacity, cirrus = block_mean(sky.opacity, 2), block_mean(sky.cirrus, 2)
+    probability = np.maximum(np.interp(opacity, *CLOUD_PROBABILITY_OPACITY), np.interp(cirrus, *CLOUD_PROBABILITY_CIRRUS))
+    probability[block_mean(sky.nodata.astype(np.float32), 2) >= 0.5] = 0
+    return np.floor(probability).astype(np.uint8)  # floor: below an SCL threshold stays below its probability
 
 
 def scl_percentages(scl: np.ndarray) -> dict[str, float]:
@@ -244,9 +277,10 @@ def write_safe(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: 
     offset = BOA_ADD_OFFSET if has_offset(name.baseline) else 0
     for band, res in RESOLUTION.items():
         values, nodata = at_resolution(refl, sky.nodata, band)
-        _write_raster(product / name.band_file(band), digital_numbers(values, nodata, offset),
+        write_raster(product / name.band_file(band), digital_numbers(values, nodata, offset),
                       _grid(transform, res), JP2_OPTIONS)
-    _write_raster(product / name.band_file("SCL"), scl, _grid(transform, 20), JP2_OPTIONS)
+    write_raster(product / name.band_file("SCL"), scl, _grid(transform, 20), JP2_OPTIONS)
+    write_raster(product / name.cloud_probability_file, cloud_probability(sky), _grid(transform, 20), JP2_OPTIONS)
     (product / "MTD_MSIL2A.xml").write_bytes(product_metadata(name, scl))
     (product / "GRANULE" / name.granule / "MTD_TL.xml").write_bytes(tile_metadata(name, transform, refl.shape[1:]))
     if not zipped:
@@ -275,7 +309,7 @@ STAC_EXTENSIONS = ["https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 
 def write_cog(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: np.ndarray,
               transform: Affine, baseline: str | None) -> str:
-    """One STAC-style acquisition folder: B01.tif ... B12.tif, SCL.tif (native resolutions) + item JSON.
+    """One STAC-style acquisition folder: B01.tif ... B12.tif, SCL.tif, CLD.tif (native resolutions) + item JSON.
 
     DNs are the ESA ones (offset included from baseline 04.00); the item's `raster:bands` gives
     scale and offset as Earth Search v1 does, so readers need not know the baseline rule.
@@ -286,13 +320,15 @@ def write_cog(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, scl: n
     assets = {}
     for band, res in RESOLUTION.items():
         values, nodata = at_resolution(refl, sky.nodata, band)
-        _write_raster(product / f"{band}.tif", digital_numbers(values, nodata, offset), _grid(transform, res),
+        write_raster(product / f"{band}.tif", digital_numbers(values, nodata, offset), _grid(transform, res),
                       COG_OPTIONS, nodata=0)
         assets[band] = {"href": f"./{band}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                         "gsd": res, "raster:bands": [{"data_type": "uint16", "nodata": 0, "scale": 1 / QUANTIFICATION,
                                                       "offset": offset / QUANTIFICATION}]}
-    _write_raster(product / "SCL.tif", scl, _grid(transform, 20), COG_OPTIONS, nodata=0)
+    write_raster(product / "SCL.tif", scl, _grid(transform, 20), COG_OPTIONS, nodata=0)
     assets["SCL"] = {"href": "./SCL.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "gsd": 20}
+    # The cloud probability beside the bands (not listed in the item, which stays as catalogues serve it).
+    write_raster(product / "CLD.tif", cloud_probability(sky), _grid(transform, 20), COG_OPTIONS)
     pct = scl_percentages(scl)
     item = {
         "type": "Feature", "stac_version": "1.0.0", "stac_extensions": STAC_EXTENSIONS, "id": name.cog,
@@ -340,15 +376,15 @@ def write_theia(folder: Path, acq: Acquisition, refl: np.ndarray, sky: Sky, tran
         data = np.clip(np.rint(values * QUANTIFICATION), -9999, 32767).astype(np.int16)
         data[nodata] = THEIA_NODATA
         for kind in ("FRE", "SRE"):
-            _write_raster(product / f"{name.theia}_{kind}_{code}.tif", data, _grid(transform, RESOLUTION[band]),
+            write_raster(product / f"{name.theia}_{kind}_{code}.tif", data, _grid(transform, RESOLUTION[band]),
                           TIFF_OPTIONS, nodata=THEIA_NODATA)
     clm, edg = cloud_bits(sky), sky.nodata.astype(np.uint8)
     for level, factor in (("R1", 1), ("R2", 2)):
         coarse_clm = clm if factor == 1 else _any_bits(clm, factor)
         coarse_edg = edg if factor == 1 else (block_mean(edg.astype(np.float32), factor) > 0).astype(np.uint8)
         grid = _grid(transform, 10 * factor)
-        _write_raster(product / "MASKS" / f"{name.theia}_CLM_{level}.tif", coarse_clm, grid, TIFF_OPTIONS)
-        _write_raster(product / "MASKS" / f"{name.theia}_EDG_{level}.tif", coarse_edg, grid, TIFF_OPTIONS)
+        write_raster(product / "MASKS" / f"{name.theia}_CLM_{level}.tif", coarse_clm, grid, TIFF_OPTIONS)
+        write_raster(product / "MASKS" / f"{name.theia}_EDG_{level}.tif", coarse_edg, grid, TIFF_OPTIONS)
     return name.theia
 
 
