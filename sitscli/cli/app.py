@@ -14,6 +14,7 @@ import typer
 from sitscli import __version__
 from sitscli.core import progress
 from sitscli.core.errors import SitsError
+from sitscli.core.io import output_locks
 
 app = typer.Typer(
     name="sits",
@@ -57,7 +58,9 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+        # Every output a command checks is locked against other sits processes until it returns.
+        with output_locks():
+            code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
         if isinstance(code, int) and code:
             sys.exit(code)
     except SitsError as exc:

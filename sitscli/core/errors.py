@@ -40,3 +40,9 @@ class OutputExistsError(SitsError):
     """An output path exists and --overwrite was not given."""
 
     exit_code = 3
+
+
+class OutputLockedError(SitsError):
+    """Another sits process is writing the same output (it holds the output's lock)."""
+
+    exit_code = 4

@@ -15,7 +15,7 @@ from typing import Any
 from sitscli.core.config import load_yaml, resolve
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
-from sitscli.core.io import require_exists
+from sitscli.core.io import check_output, require_exists
 from sitscli.data.recipes.s2 import DEFAULT_FRACTIONS, DEFAULT_MAX_PER_POLYGON
 
 _FRACTIONS = ",".join(str(f) for f in DEFAULT_FRACTIONS)
@@ -85,7 +85,16 @@ def resolve_options(source: str, flags: Mapping[str, Any], config_file: str | Pa
 def prepare(source: str, flags: Mapping[str, Any], config_file: str | Path | None = None) -> PrepareResult:
     """Run `sits prepare SOURCE` with the given flags; returns the output and its summary."""
     options = resolve_options(source, flags, config_file)
+    check_output(output_path(source, options["out"]), bool(options["overwrite"]))  # locked before any reading
     return _RUNNERS[source](options)
+
+
+def output_path(source: str, out) -> Path:
+    """Where `sits prepare SOURCE --out OUT` writes: OUT.sits for a dataset, OUT for synthetic L2A."""
+    from sitscli.data.prepared import dataset_path
+
+    out = Path(out).expanduser()
+    return out if source == "synthetic" else dataset_path(out)
 
 
 # ------------------------------------------------------------------------ option parsing

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Subset
 
 from sitscli.core.config import dump_yaml, load_yaml, resolve
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
-from sitscli.core.io import check_output, require_exists
+from sitscli.core.io import check_output, lock_output, require_exists
 from sitscli.core.progress import log
 from sitscli.data.batch import collate
 from sitscli.data.prepared import Prepared, open_prepared
@@ -93,6 +93,8 @@ def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[
 
 def require_run_config(run_dir: Path) -> Path:
     require_exists(run_dir, "run directory to resume")
+    if is_main_process():
+        lock_output(run_dir)
     if (run_dir / CARD).is_file():
         raise ConfigError(f"{run_dir} is a finished run (it has {CARD}): nothing to resume; start a new run with --out")
     if not (run_dir / CONFIG).is_file():
