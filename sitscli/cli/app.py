@@ -15,6 +15,7 @@ from sitscli import __version__
 from sitscli.core import progress
 from sitscli.core.errors import SitsError
 from sitscli.core.io import output_locks
+from sitscli.engine.signals import StopRequested, stop_handlers
 
 app = typer.Typer(
     name="sits",
@@ -56,25 +57,33 @@ def _register() -> None:
 
 
 def main() -> None:
-    _register()
-    try:
-        # Every output a command checks is locked against other sits processes until it returns.
-        with output_locks():
-            code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except SitsError as exc:
-        if _state["debug"]:
-            raise
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
-        exc.show()
-        sys.exit(exc.exit_code)
+    # The stop handlers come first, before the commands' imports and before anything is written:
+    # from here on SIGTERM/SIGUSR1/SIGINT end the command cleanly (engine/signals.py).
+    with stop_handlers():
+        _register()
+        try:
+            # Every output a command checks is locked against other sits processes until it returns.
+            with output_locks():
+                code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+            if isinstance(code, int) and code:
+                sys.exit(code)
+        except StopRequested as exc:
+            if _state["debug"]:
+                raise
+            typer.secho(exc.line(), err=True)
+            sys.exit(exc.exit_code)
+        except SitsError as exc:
+            if _state["debug"]:
+                raise
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            sys.exit(130)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
+            exc.show()
+            sys.exit(exc.exit_code)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from sitscli.core.errors import ConfigError
+from sitscli.core.io import write_text_atomic
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -45,7 +46,8 @@ def resolve(defaults: Mapping[str, Any], file_values: Mapping[str, Any], flags: 
 
 
 def dump_yaml(data: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+    """Write `data` as YAML in one step: a kill or a full disk never leaves a truncated file."""
+    write_text_atomic(path, yaml.safe_dump(_plain(data), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

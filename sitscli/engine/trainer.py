@@ -97,7 +97,8 @@ class FitResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-    interrupted: bool = False        # stopped by SIGTERM/SIGUSR1: exit with signals.INTERRUPTED_EXIT_CODE
+    interrupted: bool = False        # stopped by SIGTERM/SIGUSR1/SIGINT: exit with signals.INTERRUPTED_EXIT_CODE
+    stopped_by: str | None = None    # the signal's name (None: it came to another rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -366,12 +367,12 @@ class _Run:
                 + (f", {self.samples_done} samples into it" if self.samples_done else ""))
 
     def _interrupted(self, signal_name: str | None) -> FitResult:
+        """Save the state; the caller says how to continue (one line, `cli.common.finish_run`)."""
         self._save()
         if self.ctx.is_main:
             self._write_history()
-            log(f"stopped by {signal_name or 'a signal on another rank'} in epoch {self.epoch + 1}: state saved in "
-                f"{self.run_dir / RESUME_DIR}; run the same command with --resume to continue")
-        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True)
+        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True,
+                         stopped_by=signal_name)
 
     def _finish(self) -> FitResult:
         if self.best_state is not None:

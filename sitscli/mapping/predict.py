@@ -33,6 +33,7 @@ from sitscli.core.progress import Progress, log
 from sitscli.data.batch import Batch
 from sitscli.data.cube import Cube
 from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
+from sitscli.engine.signals import INTERRUPTIONS, StopRequested
 from sitscli.mapping import geotiff
 from sitscli.mapping.blocks import BlockProgress, partial_path
 from sitscli.mapping.geotiff import RasterSpec
@@ -260,8 +261,12 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
                                    "(check the cloud masks, the --dates range or the --aoi)")
         for target, partial in zip(targets, partials):
             geotiff.finish(partial, target.path, target.spec, cog=cog, compress=compress)
-    except KeyboardInterrupt:
-        log("interrupted: the finished blocks are kept; rerun with --resume to continue")
+    except INTERRUPTIONS as exc:
+        note = "the finished blocks are kept; continue with the same command and --resume"
+        if isinstance(exc, StopRequested):
+            exc.keep(note)                # the CLI's one line says it
+        else:
+            log(f"interrupted: {note}")
         raise
     except BaseException:
         for partial in partials:

@@ -51,8 +51,8 @@ from sitscli.models import registry
 from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, merge_lora, parse_targets
 from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.workflows.pretrain import (RunResult, check_input_kind, check_run_output, is_main_process,
-                                        model_training_defaults, resolve_run_options, run_directory,
-                                        series_dataset, train_config)
+                                        model_training_defaults, resolve_run_options, resumes_training,
+                                        run_directory, series_dataset, train_config)
 
 MODES = ("full", "frozen", "lora")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -165,8 +165,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
             classifier = spec.direct_fit(train_set, hparams, info, cfg.seed)
             result = FitResult(best_epoch=0, best_metric=float("nan"))
         else:
-            result = fit(trained, task, train_set, val_set, collate, cfg, run_dir, resume=resume is not None,
-                         trainable=trainable)
+            result = fit(trained, task, train_set, val_set, collate, cfg, run_dir,
+                         resume=resumes_training(run_dir, resume), trainable=trainable)
         if result.interrupted or not is_main_process():
             return RunResult(run_dir, result, n_trainable)
         if options["mode"] == "lora":

@@ -26,12 +26,13 @@ from torch.utils.data import Dataset, Subset
 
 from sitscli.core.config import dump_yaml, load_yaml, resolve
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
-from sitscli.core.io import check_output, lock_output, require_exists
+from sitscli.core.io import atomic_output, check_output, lock_output, require_exists
 from sitscli.core.progress import log
 from sitscli.data.batch import collate
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import CARD, save_model
+from sitscli.engine.signals import StopRequested
 from sitscli.engine.trainer import FitResult, TrainConfig, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.registry import DataInfo, ModelSpec
@@ -102,15 +103,25 @@ def require_run_config(run_dir: Path) -> Path:
     return run_dir / CONFIG
 
 
+def is_unstarted_run(run_dir: Path) -> bool:
+    """A run directory stopped (even by kill -9) before its first saved state: `config.yaml` alone.
+    Nothing in it is worth keeping, so both `--out` and `--resume` start it again."""
+    return run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [CONFIG]
+
+
 def check_run_output(out: str | Path | None, overwrite: bool) -> Path:
-    """The output run directory, refused when it exists (unless --overwrite)."""
+    """The output run directory (locked), refused when it exists (unless --overwrite or unstarted)."""
     if out is None:
         raise ConfigError("--out RUN is required: the folder to write the run to")
     out = Path(out)
     if not is_main_process():   # rank 0 checks and makes the directory; the other ranks may find it made
         return out
+    lock_output(out)
     if out.exists() and not overwrite and (out / RESUME).is_dir() and not (out / CARD).is_file():
         raise OutputExistsError(f"{out} holds an interrupted run: continue it with --resume {out}, or pass --overwrite")
+    if is_unstarted_run(out):
+        log(f"{out} holds a run stopped before its first save: starting it again")
+        overwrite = True
     return check_output(out, overwrite)
 
 
@@ -118,23 +129,41 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**{name: options[name] for name in TRAIN_FIELDS})
 
 
+def resumes_training(run_dir: Path, resume: str | Path | None) -> bool:
+    """Whether the engine continues a saved state: --resume of a run stopped before its first save
+    starts the training from the beginning, with the run's saved options."""
+    if resume is None:
+        return False
+    if not (run_dir / RESUME).is_dir():
+        log(f"{run_dir} was stopped before its first save: starting its training from the beginning")
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def run_directory(run_dir: Path, options: Mapping[str, Any], *, resume: bool) -> Iterator[Path]:
     """Make (or reuse, on resume) the run directory and save the resolved options in it.
 
-    If the body fails before the engine saved a resumable state, a new directory is removed again.
+    A new directory appears complete (made under a temporary name with its config.yaml, then
+    renamed). If the body fails before the engine saved a resumable state, a new directory is
+    removed again; on a stop signal the CLI's line says whether a state was kept.
     """
     created = not resume
     if is_main_process():
-        if created and run_dir.exists():          # --overwrite was given (checked before)
-            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(dict(options), run_dir / CONFIG)
+        if created:
+            with atomic_output(run_dir, overwrite=True) as tmp:   # --overwrite was checked before
+                tmp.mkdir()
+                dump_yaml(dict(options), tmp / CONFIG)
+        else:
+            dump_yaml(dict(options), run_dir / CONFIG)
     try:
         yield run_dir
-    except BaseException:
-        if created and is_main_process() and not (run_dir / RESUME).is_dir():
+    except BaseException as exc:
+        kept = (run_dir / RESUME).is_dir()
+        if created and is_main_process() and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if kept and isinstance(exc, StopRequested):
+            exc.keep(f"the last saved state is kept; continue with --resume {run_dir}")
         raise
 
 
@@ -202,7 +231,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     with run_directory(run_dir, options, resume=resume is not None):
         log(f"pre-training {spec.name} ({count_trainable(model.parameters()):,} parameters) with the "
             f"{spec.pretext} pretext on {len(train_set):,} samples, validating on {len(val_set):,}")
-        result = fit(model, task, train_set, val_set, collate, cfg, run_dir, resume=resume is not None)
+        result = fit(model, task, train_set, val_set, collate, cfg, run_dir, resume=resumes_training(run_dir, resume))
         if not result.interrupted and is_main_process():
             save_model(run_dir, model, model_name=spec.name, hparams={**spec.defaults, **options["hparams"]},
                        info=info, task="pretrain", dataset_fingerprint=prepared.fingerprint,
