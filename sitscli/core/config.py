@@ -6,7 +6,7 @@ always be traced back to what produced it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,13 @@ def resolve(defaults: Mapping[str, Any], file_values: Mapping[str, Any], flags: 
     out.update(file_values)
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
+
+
+def check_unique(names: Sequence[str], option: str) -> None:
+    """Refuse a name given twice (a band stored twice under one name is never what was meant)."""
+    repeated = [name for i, name in enumerate(names) if name in names[:i]]
+    if repeated:
+        raise ConfigError(f"{option}: {repeated[0]} is given twice; name each one once")
 
 
 def dump_yaml(data: Mapping[str, Any], path: str | Path) -> None:

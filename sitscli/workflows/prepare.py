@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sitscli.core.config import load_yaml, resolve
+from sitscli.core.config import check_unique, load_yaml, resolve
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
 from sitscli.core.io import check_output, require_exists
@@ -49,7 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "s2": ("folder", "labels", "class_field", "out"),
     "timesen2crop": ("root", "out"),
-    "sitsbert-csv": ("train", "out"),
+    "sitsbert-csv": ("out",),       # a train file, an unlabeled one, or both (checked by the recipe)
     "table": ("csv", "out"),
     "synthetic": ("out",),
 }
@@ -142,6 +142,7 @@ def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
 
     o = {**o, "folder": _path(o["folder"]), "out": _path(o["out"]), "labels": _path(o["labels"])}
+    check_unique(_names(o["bands"]) or [], "--bands")
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
