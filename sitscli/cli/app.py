@@ -13,7 +13,7 @@ import typer
 
 from sitscli import __version__
 from sitscli.core import progress
-from sitscli.core.errors import SitsError
+from sitscli.core.errors import OS_ERROR_EXIT_CODE, SitsError, os_error_line
 from sitscli.core.io import output_locks
 from sitscli.engine.signals import StopRequested, stop_handlers
 
@@ -67,16 +67,12 @@ def main() -> None:
                 code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
             if isinstance(code, int) and code:
                 sys.exit(code)
-        except StopRequested as exc:
+        except (StopRequested, SitsError, OSError, MemoryError) as exc:
             if _state["debug"]:
                 raise
-            typer.secho(exc.line(), err=True)
-            sys.exit(exc.exit_code)
-        except SitsError as exc:
-            if _state["debug"]:
-                raise
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            sys.exit(exc.exit_code)
+            line, code = _one_line(exc)
+            typer.secho(line, fg=None if isinstance(exc, StopRequested) else typer.colors.RED, err=True)
+            sys.exit(code)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             sys.exit(130)
@@ -87,3 +83,15 @@ def main() -> None:
         except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
             exc.show()
             sys.exit(exc.exit_code)
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    """The line printed for an error or a stop, and the exit code (see core/errors.py)."""
+    if isinstance(exc, StopRequested):
+        return exc.line(), exc.exit_code
+    if isinstance(exc, SitsError):
+        return f"error: {exc}", exc.exit_code
+    if isinstance(exc, OSError):        # a full disk, a read-only folder...: the atomic writers cleaned up
+        return f"error: {os_error_line(exc)}", OS_ERROR_EXIT_CODE
+    return ("error: out of memory: use smaller sizes (--block, --batch-size, --patch-size) or a machine with "
+            "more memory", 1)

@@ -330,7 +330,11 @@ class Prepared:
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Raw arrays of samples [start, stop): x int16 (n, T, C[, P, P]), valid, date, y, split, group, xy."""
         part = self.ds.isel(sample=slice(start, stop))
-        return {name: part[name].values for name in ("x", "valid", "date", "y", "split", "group", "xy")}
+        try:
+            return {name: part[name].values for name in ("x", "valid", "date", "y", "split", "group", "xy")}
+        except (RuntimeError, ValueError) as exc:   # what the codecs raise on a truncated or corrupt chunk
+            raise DataFormatError(f"{self.path}: samples {start}-{min(stop, self.n_samples) - 1} cannot be read ({str(exc).splitlines()[0]}): "
+                                  f"the store is damaged (a truncated copy?); copy or prepare it again") from None
 
     def _labeled(self) -> np.ndarray:
         """(N,) bool: the sample has a label (patch mode: at least one labelled pixel)."""
