@@ -14,12 +14,13 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="change-detect demo embed finetune info predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="change-detect demo embed finetune info predict-map prepare pretrain probe" ;;
+        "sits") words="change-detect demo embed finetune info models predict-map prepare pretrain probe --version --debug --quiet -q --help -h"; subs="change-detect demo embed finetune info models predict-map prepare pretrain probe" ;;
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --class-weights --eval-date-shift --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits info") words="--json --help -h"; subs="" ;;
+        "sits models") words="--json --help -h"; subs="" ;;
         "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare") words="s2 sitsbert-csv synthetic table timesen2crop --help -h"; subs="s2 sitsbert-csv synthetic table timesen2crop" ;;
         "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;

@@ -47,7 +47,7 @@ def _root(
 
 # Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "prepare", "pretrain", "finetune", "probe", "predict_map", "change_detect", "embed", "info", "demo",
+    "prepare", "pretrain", "finetune", "probe", "predict_map", "change_detect", "embed", "info", "models", "demo",
 )
 
 

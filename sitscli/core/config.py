@@ -6,14 +6,17 @@ always be traced back to what produced it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
 from sitscli.core.errors import ConfigError
 from sitscli.core.io import write_text_atomic
+
+T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -43,6 +46,30 @@ def resolve(defaults: Mapping[str, Any], file_values: Mapping[str, Any], flags: 
     out.update(file_values)
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
+
+
+def validated(schema: Callable[..., T], values: Mapping[str, Any], what: str = "option",
+              error: Callable[[str], Exception] = ConfigError) -> T:
+    """`schema(**values)` for a pydantic model or dataclass; a value it refuses raises `error` with one
+    line naming the key, the value and what is allowed (pydantic's own words)."""
+    try:
+        return schema(**values)
+    except ValidationError as exc:
+        raise error(invalid_line(exc, what)) from None
+
+
+def invalid_line(exc: ValidationError, what: str) -> str:
+    """'option epochs=\'many\': input should be a valid integer...' for the first problem pydantic found."""
+    problem = exc.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"unknown {what} {key!r}"
+    if problem["type"] == "missing":
+        return f"{what} {key} is missing"
+    message = problem["msg"]
+    if problem["type"] == "value_error":     # a check across fields: the input is a whole mapping
+        return f"{what} {key}: {message.removeprefix('Value error, ')}"
+    return f"{what} {key}={problem['input']!r}: {message[:1].lower()}{message[1:]}"
 
 
 def check_unique(names: Sequence[str], option: str) -> None:

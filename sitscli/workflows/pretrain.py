@@ -19,12 +19,13 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from torch.utils.data import Dataset, Subset
 
-from sitscli.core.config import dump_yaml, load_yaml, resolve
+from sitscli.core.config import dump_yaml, load_yaml, resolve, validated
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
 from sitscli.core.io import atomic_output, check_output, lock_output, require_exists
 from sitscli.core.progress import log
@@ -42,11 +43,21 @@ CONFIG = "config.yaml"
 RESUME = "resume"
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
-# Options of `sits pretrain` besides the TrainConfig fields.
-# val_fraction: share of the training samples held out to watch the pretext loss when the
-# dataset has no `val` split (3 %: the reference code's valid_rate).
-PRETRAIN_OPTIONS: dict[str, Any] = {"data": None, "model": "sitsbert", "hparams": {}, "pretext": {},
-                                    "val_fraction": 0.03}
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+PathText = Annotated[str, BeforeValidator(os.fspath)]    # a path given as text or as a Path
+
+
+class PretrainOptions(BaseModel):
+    """Options of `sits pretrain` besides the TrainConfig fields, typed (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    data: PathText | None = None
+    model: str = "sitsbert"
+    hparams: dict[str, Any] = {}        # checked against the model's own schema (registry)
+    pretext: dict[str, Any] = {}
+    # share of the training samples held out to watch the pretext loss when the dataset has no
+    # `val` split (3 %: the reference code's valid_rate)
+    val_fraction: Fraction = 0.03
 
 
 @dataclass
@@ -74,9 +85,10 @@ def model_training_defaults(spec: ModelSpec, stage: str) -> dict[str, Any]:
     return dict(getattr(module, "TRAINING", {}).get(stage, {}))
 
 
-def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[str, Any],
+def resolve_run_options(schema: type[BaseModel], stage_defaults, flags: Mapping[str, Any],
                         config_file: str | Path | None, resume: str | Path | None) -> dict[str, Any]:
-    """defaults < (a resumed run's saved config) < --config < flags given (None = not given).
+    """defaults < (a resumed run's saved config) < --config < flags given (None = not given), every
+    value checked against TrainConfig and the command's `schema` (one line naming key, value and range).
 
     `stage_defaults(model_name) -> dict` gives the model's own settings once its name is known.
     """
@@ -85,11 +97,14 @@ def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[
         file_values.update(load_yaml(require_run_config(Path(resume))))
     if config_file:
         file_values.update(load_yaml(config_file))
-    defaults = {**dataclasses.asdict(TrainConfig()), **base}
+    defaults = {**dataclasses.asdict(TrainConfig()), **schema().model_dump()}
     model = flags.get("model") or file_values.get("model") or defaults.get("model")
     if model:
         defaults.update(stage_defaults(model))
-    return resolve(defaults, file_values, flags)
+    options = resolve(defaults, file_values, flags)
+    engine = validated(TrainConfig, {k: v for k, v in options.items() if k in TRAIN_FIELDS})
+    command = validated(schema, {k: v for k, v in options.items() if k not in TRAIN_FIELDS})
+    return {**dataclasses.asdict(engine), **command.model_dump()}
 
 
 def require_run_config(run_dir: Path) -> Path:
@@ -126,6 +141,7 @@ def check_run_output(out: str | Path | None, overwrite: bool) -> Path:
 
 
 def train_config(options: Mapping[str, Any]) -> TrainConfig:
+    """The engine's part of options resolved (and checked) by `resolve_run_options`."""
     return TrainConfig(**{name: options[name] for name in TRAIN_FIELDS})
 
 
@@ -203,7 +219,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     `val` (or on `val_fraction` of the training samples when there is no val split). The test
     split is never seen, so a later fine-tuning report stays a fair test.
     """
-    options = resolve_run_options(PRETRAIN_OPTIONS, lambda m: model_training_defaults(registry.get(m), "pretrain"),
+    options = resolve_run_options(PretrainOptions, lambda m: model_training_defaults(registry.get(m), "pretrain"),
                                   flags, config_file, resume)
     run_dir = Path(resume) if resume is not None else check_run_output(out, overwrite)
     if options["data"] is None:
@@ -211,6 +227,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     prepared = open_prepared(options["data"])
     options["data"] = str(Path(prepared.path).resolve())
     spec = registry.get(options["model"])
+    options["hparams"] = spec.check_hparams(options["hparams"])
     if spec.pretext is None:
         raise ConfigError(f"model {spec.name} has no pretext task: train it directly with `sits finetune --model {spec.name}`")
     check_input_kind(prepared, spec)
