@@ -58,7 +58,9 @@ def save_model(run_dir: Path, model: nn.Module, *, model_name: str, hparams: dic
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / WEIGHTS, overwrite=True) as tmp:
-        save_safetensors_from(model, str(tmp), metadata={"format": FORMAT, "model": model_name})
+        # One metadata entry: safetensors writes the metadata map in a random order per process, so
+        # two entries would make identical runs differ byte-wise (the tensors themselves are sorted).
+        save_safetensors_from(model, str(tmp), metadata={"sitscli": f"{FORMAT} {model_name}"})
         digest = _sha256(tmp)
     card = {
         "format": FORMAT,
@@ -217,6 +219,14 @@ def _run_dir_of(path: Path) -> Path:
         hint = " (training was interrupted: continue it with --resume)" if (path / "resume").is_dir() else ""
         raise CheckpointError(f"{path} is not a finished run: it has no {CARD}{hint}")
     return path
+
+
+def weights_status(card: ModelCard) -> str:
+    """'verified', 'missing', or 'changed' (the file does not match the checksum in model.yaml)."""
+    path = card.run_dir / WEIGHTS
+    if not path.is_file():
+        return "missing"
+    return "verified" if _sha256(path) == card.weights_sha256 else "changed"
 
 
 def _verify_weights(path: Path, sha256: str | None) -> None:

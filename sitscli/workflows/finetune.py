@@ -263,6 +263,13 @@ def _check_labelled(prepared: Prepared) -> None:
     if not prepared.class_names:
         raise DataContentError(f"{prepared.path} has no classes (an unlabelled dataset): fine-tuning needs labels; "
                                f"prepare the data with --labels (an unlabelled one serves sits pretrain)")
+    counts = prepared.ds.attrs.get("class_counts", {})
+    for split in ("train", "test"):
+        present = [name for name, n in dict(counts.get(split, {})).items() if n and name in prepared.class_names]
+        if len(present) == 1:
+            log(f"warning: the {split} split of {prepared.path} holds one class only ({present[0]}): "
+                + ("the classifier cannot learn to tell classes apart" if split == "train" else
+                   "its accuracy will say nothing about telling classes apart"))
 
 
 def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInfo:
