@@ -14,13 +14,14 @@ _sits() {
 }
 _sits_words() {
     case "$1" in
-        "sits") words="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info predict-map prepare pretrain probe smooth uncertainty" ;;
+        "sits") words="accuracy change-detect demo embed finetune info models predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info models predict-map prepare pretrain probe smooth uncertainty" ;;
         "sits accuracy") words="--reference -r --out -o --field --classes --per-polygon --per-pixel --block --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --class-weights --eval-date-shift --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits info") words="--json --help -h"; subs="" ;;
+        "sits models") words="--json --help -h"; subs="" ;;
         "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --colors --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare") words="s2 sitsbert-csv synthetic table timesen2crop --help -h"; subs="s2 sitsbert-csv synthetic table timesen2crop" ;;
         "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --code-field --colors --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --s1 --s1-orbit --s1-units --planetscope --vhr --vhr-bands --vhr-resolution --keep-cloudy --no-keep-cloudy --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sitscli.engine import signals
+from sitscli.cli.common import finish_run
 from sitscli.engine.trainer import seed_everything
 from sitscli.workflows import pretrain as pretrain_workflow
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result = train(args.data, args.out, epochs=args.epochs, resume=args.resume,
                    sigterm_at_step=args.sigterm_at_step, dump_weights=args.dump_weights)
-    return signals.INTERRUPTED_EXIT_CODE if result.interrupted else 0
+    finish_run(result, "pretrain")      # the CLI's line and exit code after a graceful stop
+    return 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def reference(tiny_data, tmp_path_factory) -> Path:
 
 
 def _subprocess_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))}
+    # the worktree root too: the subprocess must import this checkout's sitscli, not an installed one
+    path = [str(SCRIPT.parent), str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def _assert_same_weights(run_a: Path, run_b: Path | dict) -> None:

@@ -13,7 +13,9 @@ import typer
 
 from sitscli import __version__
 from sitscli.core import progress
-from sitscli.core.errors import SitsError
+from sitscli.core.errors import OS_ERROR_EXIT_CODE, SitsError, os_error_line
+from sitscli.core.io import output_locks
+from sitscli.engine.signals import StopRequested, stop_handlers
 
 app = typer.Typer(
     name="sits",
@@ -46,7 +48,7 @@ def _root(
 # Each module adds its command(s) to `app` on import; listed in pipeline order for --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "prepare", "pretrain", "finetune", "probe", "predict_map", "change_detect", "accuracy", "smooth", "uncertainty",
-    "embed", "info", "demo",
+    "embed", "info", "models", "demo",
 )
 
 
@@ -56,23 +58,41 @@ def _register() -> None:
 
 
 def main() -> None:
-    _register()
-    try:
-        code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
-        if isinstance(code, int) and code:
+    # The stop handlers come first, before the commands' imports and before anything is written:
+    # from here on SIGTERM/SIGUSR1/SIGINT end the command cleanly (engine/signals.py).
+    with stop_handlers():
+        _register()
+        try:
+            # Every output a command checks is locked against other sits processes until it returns.
+            with output_locks():
+                code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+            if isinstance(code, int) and code:
+                sys.exit(code)
+        except (StopRequested, SitsError, OSError, MemoryError) as exc:
+            if _state["debug"]:
+                raise
+            line, code = _one_line(exc)
+            typer.secho(line, fg=None if isinstance(exc, StopRequested) else typer.colors.RED, err=True)
             sys.exit(code)
-    except SitsError as exc:
-        if _state["debug"]:
-            raise
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
-        exc.show()
-        sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            sys.exit(130)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        except typer.TyperException as exc:  # usage errors of Typer's own click (not the `click` package)
+            exc.show()
+            sys.exit(exc.exit_code)
+
+
+def _one_line(exc: BaseException) -> tuple[str, int]:
+    """The line printed for an error or a stop, and the exit code (see core/errors.py)."""
+    if isinstance(exc, StopRequested):
+        return exc.line(), exc.exit_code
+    if isinstance(exc, SitsError):
+        return f"error: {exc}", exc.exit_code
+    if isinstance(exc, OSError):        # a full disk, a read-only folder...: the atomic writers cleaned up
+        return f"error: {os_error_line(exc)}", OS_ERROR_EXIT_CODE
+    return ("error: out of memory: use smaller sizes (--block, --batch-size, --patch-size) or a machine with "
+            "more memory", 1)

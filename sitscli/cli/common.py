@@ -39,9 +39,12 @@ def key_values(items: list[str] | None, option: str) -> dict | None:
 
 
 def finish_run(result, command: str) -> None:
-    """After training: on a graceful stop, say how to resume and exit with INTERRUPTED_EXIT_CODE."""
+    """After training: on a graceful stop, say (one line, rank 0) how to resume and exit with
+    INTERRUPTED_EXIT_CODE."""
     if result.interrupted:
-        log(f"training stopped before the end; continue it with: sits {command} --resume {result.run_dir}")
+        signal_name = result.fit.stopped_by or "a signal to another process of the job"
+        log(f"stopped by {signal_name} in epoch {len(result.fit.history) + 1}: state saved; "
+            f"continue with: sits {command} --resume {result.run_dir}")
         # SystemExit, not typer.Exit: click run with standalone_mode=False (app.main) returns the
         # code of a typer.Exit instead of exiting with it.
         raise SystemExit(INTERRUPTED_EXIT_CODE)

@@ -90,7 +90,7 @@ def finetune_command(
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed repeats a CPU run exactly."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0)."),
-    hparam: Optional[list[str]] = typer.Option(None, "--hparam", help="Model hyper-parameter key=value (repeatable)."),
+    hparam: Optional[list[str]] = typer.Option(None, "--hparam", help="Model hyper-parameter key=value (repeatable); `sits models M` lists them with defaults and sources."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (or --evaluate report folder)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),

@@ -85,10 +85,18 @@ def _l2a(d: dict) -> list[Section]:
     return [("L2A time series", None, about), ("dates (cloud or no-data %)", ["date", "cloudy %", "product"], rows)]
 
 
+WEIGHTS_STATUS = {"verified": "present, checksum verified", "missing": "MISSING: the run is incomplete",
+                  "changed": "CHANGED: they do not match the checksum in model.yaml (copy the run again)"}
+
+
 def _run(d: dict) -> list[Section]:
-    about = [["path", d["path"]], ["model", d["model"]], ["task", d["task"]], ["bands", _names(d["bands"])],
-             ["classes", str(len(d["classes"]))], ["dataset fingerprint", d["dataset_fingerprint"] or "-"],
-             ["sitscli version", d["sitscli_version"]], ["weights", "present" if d["weights"] else "MISSING"]]
+    if d["status"] == "interrupted":
+        return [("run (interrupted)", None, [["path", d["path"]], ["model", str(d["model"])],
+                                            ["progress", d["progress"]], ["continue with", d["continue"]]])]
+    about = [["path", d["path"]], ["status", "finished"], ["model", d["model"]], ["task", d["task"]],
+             ["bands", _names(d["bands"])], ["classes", str(len(d["classes"]))],
+             ["dataset fingerprint", d["dataset_fingerprint"] or "-"], ["sitscli version", d["sitscli_version"]],
+             ["weights", WEIGHTS_STATUS[d["weights"]]]]
     if "reference_date" in d:
         about.append(["reference date", d["reference_date"]])
     sections = [("run", None, about)]

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,10 +20,10 @@ from sitscli.core.errors import ConfigError
 class _SourceGroup(TyperGroup):
     """Sub-commands in pipeline order; an unknown source is a one-line `ConfigError`, not a usage dump."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
         name = args[0] if args else None
         if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
             raise ConfigError(f"unknown source {name!r}: choose one of {', '.join(self.commands)} (see sits prepare --help)")

@@ -6,13 +6,17 @@ always be traced back to what produced it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
 from sitscli.core.errors import ConfigError
+from sitscli.core.io import write_text_atomic
+
+T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -44,8 +48,40 @@ def resolve(defaults: Mapping[str, Any], file_values: Mapping[str, Any], flags: 
     return out
 
 
+def validated(schema: Callable[..., T], values: Mapping[str, Any], what: str = "option",
+              error: Callable[[str], Exception] = ConfigError) -> T:
+    """`schema(**values)` for a pydantic model or dataclass; a value it refuses raises `error` with one
+    line naming the key, the value and what is allowed (pydantic's own words)."""
+    try:
+        return schema(**values)
+    except ValidationError as exc:
+        raise error(invalid_line(exc, what)) from None
+
+
+def invalid_line(exc: ValidationError, what: str) -> str:
+    """'option epochs=\'many\': input should be a valid integer...' for the first problem pydantic found."""
+    problem = exc.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"unknown {what} {key!r}"
+    if problem["type"] == "missing":
+        return f"{what} {key} is missing"
+    message = problem["msg"]
+    if problem["type"] == "value_error":     # a check across fields: the input is a whole mapping
+        return f"{what} {key}: {message.removeprefix('Value error, ')}"
+    return f"{what} {key}={problem['input']!r}: {message[:1].lower()}{message[1:]}"
+
+
+def check_unique(names: Sequence[str], option: str) -> None:
+    """Refuse a name given twice (a band stored twice under one name is never what was meant)."""
+    repeated = [name for i, name in enumerate(names) if name in names[:i]]
+    if repeated:
+        raise ConfigError(f"{option}: {repeated[0]} is given twice; name each one once")
+
+
 def dump_yaml(data: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+    """Write `data` as YAML in one step: a kill or a full disk never leaves a truncated file."""
+    write_text_atomic(path, yaml.safe_dump(_plain(data), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,7 @@ Messages go through `log()` to stderr so that stdout stays clean for `--json` ou
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,10 @@ def is_terminal() -> bool:
 
 
 def log(message: str) -> None:
-    """One line for the user, on stderr (rich markup is stripped when not on a terminal)."""
-    if _quiet:
+    """One line for the user, on stderr (rich markup is stripped when not on a terminal).
+
+    Only rank 0 of a torchrun job speaks: the other ranks would repeat every line."""
+    if _quiet or os.environ.get("RANK", "0") != "0":
         return
     if is_terminal():
         from rich.console import Console

@@ -460,13 +460,18 @@ class Prepared:
         (cloud, y_tile when stored) and the variables of the other `modalities` asked for (s1_x...)."""
         self.require(modalities)
         part = self.ds.isel(sample=slice(start, stop))
-        return {name: part[name].values for name in self.variables(modalities)}
+        try:
+            return {name: part[name].values for name in self.variables(modalities)}
+        except (RuntimeError, ValueError) as exc:   # what the codecs raise on a truncated or corrupt chunk
+            raise DataFormatError(f"{self.path}: samples {start}-{min(stop, self.n_samples) - 1} cannot be read "
+                                  f"({str(exc).splitlines()[0]}): the store is damaged (a truncated copy?); "
+                                  "copy or prepare it again") from None
 
     def require(self, modalities: Sequence[str], who: str = "") -> None:
         """Raise a one-line error naming the sensors asked for that the dataset lacks."""
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
-            flags = " ".join(f"--{'planetscope' if m == 'planetscope' else m} ..." for m in missing)
+            flags = " ".join(f"--{m} PATH" for m in missing)
             raise DataContentError(f"{self.path} has no {', '.join(missing)} data{' for ' + who if who else ''} "
                                    f"(it holds {', '.join(self.modalities)}): prepare it with `sits prepare s2 ... {flags}`")
 

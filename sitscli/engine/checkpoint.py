@@ -13,16 +13,18 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 from torch import nn
 
 from sitscli import __version__
-from sitscli.core.config import dump_yaml
+from sitscli.core.config import dump_yaml, validated
 from sitscli.core.errors import CheckpointError, SitsError
 from sitscli.core.io import atomic_output
 from sitscli.models import registry
@@ -57,7 +59,9 @@ def save_model(run_dir: Path, model: nn.Module, *, model_name: str, hparams: dic
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / WEIGHTS, overwrite=True) as tmp:
-        save_safetensors_from(model, str(tmp), metadata={"format": FORMAT, "model": model_name})
+        # One metadata entry: safetensors writes the metadata map in a random order per process, so
+        # two entries would make identical runs differ byte-wise (the tensors themselves are sorted).
+        save_safetensors_from(model, str(tmp), metadata={"sitscli": f"{FORMAT} {model_name}"})
         digest = _sha256(tmp)
     card = {
         "format": FORMAT,
@@ -74,29 +78,73 @@ def save_model(run_dir: Path, model: nn.Module, *, model_name: str, hparams: dic
         dump_yaml(card, tmp)
 
 
+Text = Annotated[str, BeforeValidator(str)]   # a version or fingerprint YAML may have read as a number
+
+
+class _Weights(BaseModel):
+    file: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Data(BaseModel):
+    """DataInfo as model.yaml stores it: every key present (a truncated card lacks the last ones)."""
+
+    band_names: list[str]
+    band_mean: list[float]
+    band_std: list[float]
+    class_names: list[str]
+    class_colors: list[str]
+    reference_date: int | None
+
+    @model_validator(mode="after")
+    def _one_value_per_name(self) -> "_Data":
+        if not len(self.band_names) == len(self.band_mean) == len(self.band_std):
+            raise ValueError("one mean and one std per band are needed")
+        if self.class_colors and len(self.class_colors) != len(self.class_names):
+            raise ValueError("one colour per class (or none) is needed")
+        return self
+
+
+class _Card(BaseModel):
+    """model.yaml: every key is required, so a card cut short is told apart from damaged weights."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    format: Literal[FORMAT]
+    model: str
+    task: str
+    sitscli_version: Text
+    dataset_fingerprint: Text | None
+    weights: _Weights
+    hparams: dict[str, Any]
+    data: _Data
+    extra: dict[str, Any]
+
+
 def read_card(run_dir: Path) -> ModelCard:
-    """Read RUN/model.yaml (the weights are not touched). `run_dir` may also name a file inside it."""
+    """Read and check RUN/model.yaml (the weights are not touched). `run_dir` may also name a file inside it."""
     run_dir = _run_dir_of(Path(run_dir))
     path = run_dir / CARD
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
-        raise CheckpointError(f"{path} is not valid YAML: the run is damaged, train it again") from None
+        raise CheckpointError(f"{path} is not valid YAML (cut short, or edited): copy the run again, or train it again") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sitscli model card (format {FORMAT!r} expected)")
-    missing = [k for k in ("model", "task", "hparams", "data") if k not in raw]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}: the run is damaged, train it again")
-    known = {f.name for f in dataclasses.fields(DataInfo)}
+    card = validated(_Card, raw, "entry", lambda problem: CheckpointError(
+        f"{path} is incomplete or damaged ({problem}): copy the run again, or train it again"))
+    hparams = card.hparams
+    if card.model in registry.available():      # an unknown model is refused by load_model, saying so
+        hparams = registry.get(card.model).check_hparams(hparams, lambda problem: CheckpointError(
+            f"{path}: {problem}; the card was edited, or made by another sitscli version"))
     return ModelCard(
-        model_name=raw["model"],
-        hparams=dict(raw["hparams"] or {}),
-        info=DataInfo(**{k: v for k, v in raw["data"].items() if k in known}),
-        task=raw["task"],
-        extra=dict(raw.get("extra") or {}),
-        dataset_fingerprint=raw.get("dataset_fingerprint"),
-        sitscli_version=str(raw.get("sitscli_version", "")),
-        weights_sha256=(raw.get("weights") or {}).get("sha256"),
+        model_name=card.model,
+        hparams=hparams,
+        info=DataInfo(**card.data.model_dump()),
+        task=card.task,
+        extra=card.extra,
+        dataset_fingerprint=card.dataset_fingerprint,
+        sitscli_version=card.sitscli_version,
+        weights_sha256=card.weights.sha256,
         run_dir=run_dir,
     )
 
@@ -182,6 +230,14 @@ def _run_dir_of(path: Path) -> Path:
         hint = " (training was interrupted: continue it with --resume)" if (path / "resume").is_dir() else ""
         raise CheckpointError(f"{path} is not a finished run: it has no {CARD}{hint}")
     return path
+
+
+def weights_status(card: ModelCard) -> str:
+    """'verified', 'missing', or 'changed' (the file does not match the checksum in model.yaml)."""
+    path = card.run_dir / WEIGHTS
+    if not path.is_file():
+        return "missing"
+    return "verified" if _sha256(path) == card.weights_sha256 else "changed"
 
 
 def _verify_weights(path: Path, sha256: str | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -62,7 +63,11 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: l
 
     labels = list(range(len(class_names)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    confusion = confusion_matrix(y_true, y_pred, labels=labels)
+    with warnings.catch_warnings():
+        # scikit-learn warns "a single label was found" for a one-class dataset even with `labels`
+        # given; the fine-tuning workflow says it in its own words
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        confusion = confusion_matrix(y_true, y_pred, labels=labels)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
     seen = (confusion.sum(0) + confusion.sum(1)) > 0                  # in the reference or the predictions

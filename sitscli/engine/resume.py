@@ -11,16 +11,44 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sitscli.core.config import validated
 from sitscli.core.errors import CheckpointError, ConfigError
 from sitscli.core.io import atomic_output
 
 TENSORS, META = "state.safetensors", "state.json"
+
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Meta(BaseModel):
+    """state.json as the engine writes it (trainer._Run._save); other keys are left to the engine."""
+
+    epoch: Count
+    samples_done: Count
+    epoch_seconds: float
+    batch_size: Annotated[int, Field(ge=1)]
+    best_metric: float
+    best_epoch: Count
+    bad_epochs: Count
+    stopped_early: bool
+    finished: bool
+    history: list[dict[str, Any]]
+    train_mean: dict[str, Any]
+    schedule: dict[str, Any]
+    rng: list[dict[str, Any]]
+    world_size: Annotated[int, Field(ge=1)]
+    config: dict[str, Any]
+    optimizer: dict[str, Any]
+    has_best: bool
 
 
 def rng_state() -> dict:
@@ -63,11 +91,15 @@ def load_state(resume_dir: Path) -> tuple[dict, dict, dict | None, dict]:
     """-> model state, optimizer state, best weights (or None), meta."""
     if not (resume_dir / META).is_file():
         raise ConfigError(f"nothing to resume in {resume_dir.parent}: it has no resume/ state (start without --resume)")
+    damaged = f"the resume state in {resume_dir} is damaged"
     try:
         meta = json.loads((resume_dir / META).read_text())
         tensors = load_file(str(resume_dir / TENSORS))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"the resume state in {resume_dir} is damaged ({exc}): start again without --resume") from None
+        raise CheckpointError(f"{damaged} ({exc}): start again without --resume") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{damaged} ({META} holds no mapping): start again without --resume")
+    validated(_Meta, meta, "entry", lambda problem: CheckpointError(f"{damaged} ({problem}): start again without --resume"))
     model = _strip(tensors, "model.")
     best = _strip(tensors, "best.") if meta["has_best"] else None
     optimizer = _unflatten_optimizer(_strip(tensors, "optim."), meta.pop("optimizer"))

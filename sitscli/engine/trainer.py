@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Literal, Protocol
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -41,7 +43,7 @@ from sitscli.engine.curves import plot_curves
 from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
 from sitscli.engine.distributed import DistContext
 from sitscli.engine.resume import load_state, rng_state, save_state, set_rng_state
-from sitscli.engine.schedule import LRSchedule
+from sitscli.engine.schedule import SCHEDULES, LRSchedule
 from sitscli.engine.signals import StopSignals
 
 RESUME_DIR = "resume"
@@ -51,30 +53,39 @@ _FIXED_ON_RESUME = ("batch_size", "lr", "weight_decay", "optimizer", "schedule",
                     "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
 
 
-@dataclass
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"            # "adamw" | "adam"
-    schedule: str = "warmup_cosine"     # "warmup_cosine" | "cosine_restarts" | "plateau" | "constant" (schedule.py)
-    warmup_epochs: float = 1.0
-    restart_period: int = 2             # cosine_restarts: epochs per cycle (SGDR's T_0)
-    min_lr: float = 0.0
+    """The engine's options, typed and bounded: a value out of its range is refused when the config is
+    made (`core.config.validated` turns pydantic's error into one line naming key, value and range)."""
+
+    epochs: Positive = 100
+    batch_size: Positive = 128
+    lr: Rate = 1e-4
+    weight_decay: NonNegativeFloat = 0.01
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    schedule: Literal[SCHEDULES] = "warmup_cosine"     # schedule.py
+    warmup_epochs: NonNegativeFloat = 1.0
+    restart_period: Positive = 2        # cosine_restarts: epochs per cycle (SGDR's T_0)
+    min_lr: NonNegativeFloat = 0.0
     # plateau: ReduceLROnPlateau's factor and patience. Not from a paper: halving after 3 flat epochs
     # leaves room for two or three reductions before the default early stopping (10 epochs).
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    grad_clip: float | None = 1.0       # max global L2 norm of the gradients (None = off)
-    patience: int | None = 10           # early stopping on `monitor` (None = off)
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    plateau_patience: NonNegative = 3
+    grad_clip: Rate | None = 1.0        # max global L2 norm of the gradients (None = off)
+    patience: Positive | None = 10      # early stopping on `monitor` (None = off)
     monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...
-    monitor_mode: str = "min"           # "min" | "max"
+    monitor_mode: Literal["min", "max"] = "min"
     device: str = "auto"
     amp: bool = True                    # bf16 autocast, on CUDA only
-    seed: int = 0
-    num_workers: int = 0
-    log_every_s: float = 30.0
+    seed: NonNegative = 0
+    num_workers: NonNegative = 0
+    log_every_s: Rate = 30.0
 
 
 class Task(Protocol):
@@ -97,7 +108,8 @@ class FitResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-    interrupted: bool = False        # stopped by SIGTERM/SIGUSR1: exit with signals.INTERRUPTED_EXIT_CODE
+    interrupted: bool = False        # stopped by SIGTERM/SIGUSR1/SIGINT: exit with signals.INTERRUPTED_EXIT_CODE
+    stopped_by: str | None = None    # the signal's name (None: it came to another rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -366,12 +378,12 @@ class _Run:
                 + (f", {self.samples_done} samples into it" if self.samples_done else ""))
 
     def _interrupted(self, signal_name: str | None) -> FitResult:
+        """Save the state; the caller says how to continue (one line, `cli.common.finish_run`)."""
         self._save()
         if self.ctx.is_main:
             self._write_history()
-            log(f"stopped by {signal_name or 'a signal on another rank'} in epoch {self.epoch + 1}: state saved in "
-                f"{self.run_dir / RESUME_DIR}; run the same command with --resume to continue")
-        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True)
+        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True,
+                         stopped_by=signal_name)
 
     def _finish(self) -> FitResult:
         if self.best_state is not None:
@@ -401,12 +413,7 @@ class _Run:
 
 
 def _check_config(cfg: TrainConfig, train_set, val_set, ctx: DistContext) -> None:
-    if cfg.optimizer not in ("adamw", "adam"):
-        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose adamw or adam")
-    if cfg.monitor_mode not in ("min", "max"):
-        raise ConfigError(f"monitor_mode must be min or max, not {cfg.monitor_mode!r}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ConfigError(f"epochs, batch size and learning rate must be positive (got {cfg.epochs}, {cfg.batch_size}, {cfg.lr})")
+    """What the TrainConfig schema cannot know: the data's sizes."""
     if len(train_set) == 0:
         raise ConfigError("the training split is empty: check the dataset's split (sits info DATASET)")
     if val_set is not None and len(val_set) < ctx.world_size:

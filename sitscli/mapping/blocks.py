@@ -9,11 +9,11 @@ atomically after the block's data is on disk, so it never claims a block that is
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sitscli.core.errors import ConfigError
+from sitscli.core.io import write_text_atomic
 from sitscli.core.progress import log
 
 
@@ -30,10 +30,14 @@ class BlockProgress:
     fingerprint: dict
     blocks: dict[int, int] = field(default_factory=dict)   # block index -> mapped pixels
 
+    @staticmethod
+    def sidecar(partial: Path) -> Path:
+        return partial.with_name(partial.name + ".progress.json")
+
     @classmethod
     def start(cls, partial: Path, fingerprint: dict, *, resume: bool) -> "BlockProgress":
         """Continue the job recorded beside `partial` (resume) or start afresh (discarding it)."""
-        path = partial.with_name(partial.name + ".progress.json")
+        path = cls.sidecar(partial)
         fingerprint = json.loads(json.dumps(fingerprint))  # what a reload will compare against
         if path.exists() and resume:
             saved = json.loads(path.read_text())
@@ -67,6 +71,4 @@ class BlockProgress:
         self.path.unlink(missing_ok=True)
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "blocks": self.blocks}))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "blocks": self.blocks}))

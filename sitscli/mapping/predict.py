@@ -33,6 +33,7 @@ from sitscli.core.progress import Progress, log
 from sitscli.data.batch import Batch
 from sitscli.data.cube import Cube
 from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
+from sitscli.engine.signals import INTERRUPTIONS, StopRequested
 from sitscli.mapping import geotiff
 from sitscli.mapping.blocks import BlockProgress, partial_path
 from sitscli.mapping.geotiff import RasterSpec
@@ -223,14 +224,19 @@ def scaled(spec: RasterSpec, reduce: Callable[[np.ndarray], np.ndarray] = lambda
 
 def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget], *, block: int,
               fingerprint: dict, resume: bool = False, cog: bool = True, compress: str = "deflate",
-              after_block: Callable[[int], None] | None = None, label: str = "predict-map") -> dict:
+              after_block: Callable[[int], None] | None = None,
+              after_publish: Callable[[Path], None] | None = None, label: str = "predict-map") -> dict:
     """Classify `cube` block by block into `targets`, resumable, and move them into place.
 
     Each finished block is written to every partial raster (closed = on disk) before the progress
     sidecar records it, so a run killed at any moment (SIGTERM, SIGKILL, Ctrl-C) is continued by
-    `resume=True` to the same map an uninterrupted run makes. On any other error the partial
-    outputs are removed. `after_block(n_done)` is a hook for progress callbacks (tests inject
-    faults with it); `label` names the job on the progress bar.
+    `resume=True` to the same map an uninterrupted run makes. The publication (one rename per
+    output) is resumable too: the sidecar stays until every output is in place, and a resumed job
+    whose blocks are all done publishes the outputs whose partial raster is still there (an output
+    in place without its partial was published already). On any other error before publication
+    the partial outputs are removed. `after_block(n_done)` and `after_publish(path)` are hooks for
+    progress callbacks (tests inject faults with them); `label` names the job on
+    the progress bar.
 
     Returns a summary: blocks, blocks skipped (resumed), pixels, pixels mapped.
     """
@@ -238,9 +244,11 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
     partials = [partial_path(t.path) for t in targets]
     fingerprint = {**fingerprint, "block": block, "outputs": [[t.path.name, t.spec.dtype, t.spec.count] for t in targets]}
     state = BlockProgress.start(partials[0], fingerprint, resume=resume)
-    if state.done and not all(p.exists() for p in partials):
+    published = _published(targets, partials, state, len(blocks))
+    if state.done and not all(p.exists() or done for p, done in zip(partials, published)):
         log("the partial rasters of the earlier run are gone: starting from the beginning")
         state.blocks.clear()
+        published = [False] * len(targets)
     if not state.done:
         for target, partial in zip(targets, partials):
             geotiff.create(partial, cube.grid, target.spec, compress)
@@ -248,6 +256,7 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
     skipped = len(blocks) - len(todo)
     if skipped:
         log(f"resuming: {skipped} of {len(blocks)} blocks already done")
+    note = "the finished blocks are kept; continue with the same command and --resume"
     try:
         with Progress(len(blocks), label) as bar:
             bar.advance(skipped)
@@ -262,16 +271,47 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
         if state.mapped_pixels == 0:
             raise DataContentError("no pixel of the input has a valid observation on any date: nothing to map "
                                    "(check the cloud masks, the --dates range or the --aoi)")
-        for target, partial in zip(targets, partials):
-            geotiff.finish(partial, target.path, target.spec, cog=cog, compress=compress)
-    except KeyboardInterrupt:
-        log("interrupted: the finished blocks are kept; rerun with --resume to continue")
+    except INTERRUPTIONS as exc:
+        _keep(exc, note)
         raise
     except BaseException:
         for partial in partials:
             geotiff.discard(partial)
         state.remove()
         raise
+    _publish(targets, partials, published, cog=cog, compress=compress, after_publish=after_publish)
     state.remove()
     return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
             "pixels_mapped": state.mapped_pixels}
+
+
+def _published(targets: list[MapTarget], partials: list[Path], state: BlockProgress, n_blocks: int) -> list[bool]:
+    """Which outputs an interrupted publication already put in place (all blocks done, the output
+    there and its partial gone)."""
+    complete = len(state.done) == n_blocks
+    return [complete and t.path.exists() and not p.exists() for t, p in zip(targets, partials)]
+
+
+def _publish(targets: list[MapTarget], partials: list[Path], published: list[bool], *, cog: bool, compress: str,
+             after_publish: Callable[[Path], None] | None) -> None:
+    """Rename every finished partial raster into place; a stop or an error keeps what is left resumable."""
+    try:
+        for target, partial, done in zip(targets, partials, published):
+            if not done:
+                geotiff.finish(partial, target.path, target.spec, cog=cog, compress=compress)
+                if after_publish is not None:
+                    after_publish(target.path)
+    except INTERRUPTIONS as exc:
+        _keep(exc, "the map is complete but not every output is in place; finish with the same command and --resume")
+        raise
+    except OSError as exc:
+        raise SitsError(f"publishing {target.path} failed ({exc.strerror or exc}): the finished map is kept; "
+                        f"fix the cause and finish with the same command and --resume") from exc
+
+
+def _keep(exc: BaseException, note: str) -> None:
+    """Say on an interruption what was kept: in the CLI's line (stop signal) or as a log line (Ctrl-C in a library)."""
+    if isinstance(exc, StopRequested):
+        exc.keep(note)
+    else:
+        log(f"interrupted: {note}")

@@ -109,5 +109,8 @@ register(ModelSpec(
     name="inceptiontime",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("depth", "filters", "bottleneck", "residual_every"), "Ismail Fawaz et al. 2020 and reference code"),
+             "kernels": "the paper's 40/20/10 halved and made odd for a 37-step grid (module docstring)",
+             "grid_len": "ours: a 10-day grid over the year (days 0-360)", "grid_step": "ours: a 10-day grid over the year (days 0-360)", "positions": "ours: day of year on the grid"},
     description="InceptionTime (Ismail Fawaz et al. 2020): residual Inception network on a 10-day grid",
 ))

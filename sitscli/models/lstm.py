@@ -73,5 +73,7 @@ register(ModelSpec(
     name="lstm",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("hidden", "layers", "dropout", "bidirectional"), "BreizhCrops LSTM module and benchmark"),
+             "grid_len": "ours: a 10-day grid over the year (days 0-360)", "grid_step": "ours: a 10-day grid over the year (days 0-360)", "positions": "ours: day of year on the grid"},
     description="Bidirectional LSTM (Rußwurm & Körner 2017, BreizhCrops) on series resampled to a 10-day grid",
 ))

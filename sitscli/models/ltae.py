@@ -158,6 +158,9 @@ register(ModelSpec(
     name="ltae",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("d_model", "n_head", "d_k", "mlp", "dropout", "T", "decoder"),
+                             "Garnot & Landrieu 2020, reference train.py defaults"),
+             "positions": "ours: day of year (the reference uses days since the first date)"},
     compact=True,
     description="L-TAE (Garnot & Landrieu 2020): master-query temporal attention on clear observations, supervised",
 ))

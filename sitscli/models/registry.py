@@ -9,14 +9,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
+from sitscli.core.config import validated
 from sitscli.core.errors import ConfigError, DataContentError
 
 
@@ -46,7 +49,7 @@ class DataInfo:
         return len(self.class_names)
 
 
-@dataclass
+@dataclass(eq=False)      # hashed by identity: the hyper-parameter schema is cached per spec
 class ModelSpec:
     """A registered model.
 
@@ -84,15 +87,15 @@ class ModelSpec:
     description: str = ""
     direct_fit: Callable[..., nn.Module] | None = None
     day_of_year: bool = False
+    modalities: tuple[str, ...] = ("s2",)
+    optional_modalities: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)   # hyper-parameter -> paper table/section it comes from
 
     def folds_years(self, hparams: dict[str, Any]) -> bool:
         """Whether the model, with these hyper-parameters, maps dates onto the day of year."""
         if "positions" in self.defaults:
             return hparams.get("positions", self.defaults["positions"]) == "doy"
         return self.day_of_year
-    modalities: tuple[str, ...] = ("s2",)
-    optional_modalities: tuple[str, ...] = ()
-
     def data_modalities(self, available: Sequence[str], chosen: Sequence[str] | None = None) -> tuple[str, ...]:
         """The sensors to feed: the required ones, then the optional ones the data has (or `chosen` of them).
 
@@ -113,6 +116,75 @@ class ModelSpec:
                 raise DataContentError(f"the dataset has no {', '.join(absent)} data (it holds {', '.join(available)})")
             return tuple(dict.fromkeys((*self.modalities, *chosen)))
         return tuple(m for m in usable if m in available)
+
+    def check_hparams(self, hparams: Mapping[str, Any], error: Callable[[str], Exception] = ConfigError) -> dict[str, Any]:
+        """The given hyper-parameters, typed and checked against `hparam_fields` -> the same keys with
+        their values converted ("64" -> 64); an unknown key or a value out of range raises `error`
+        with one line."""
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise error(f"unknown {self.name} hyper-parameter {unknown[0]!r}: known "
+                        f"{', '.join(sorted(self.defaults)) or 'none'} (see sits models {self.name})")
+        checked = validated(_schema(self), {**self.defaults, **hparams}, f"{self.name} hyper-parameter", error)
+        return {key: getattr(checked, key) for key in hparams}
+
+
+# Hyper-parameters are typed from their defaults: an integer counts or sizes something (>= 1), a
+# float is a finite value >= 0, a list of integers holds sizes (each >= 1), a default of None is a
+# count set later (num_data). These names have bounds of their own.
+_BOUNDS: dict[str, dict[str, Any]] = {
+    "dropout": {"ge": 0, "lt": 1},           # a probability; 1 would drop every unit
+    "n_jobs": {"ge": -1},                     # scikit-learn: -1 = every core
+    "n_trees": {"ge": 0}, "depth": {"ge": 0},  # the random forest's shape, 0 until it is fitted
+    "grid_step": {"gt": 0},                   # days between grid dates
+}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Text hyper-parameters with a fixed set of values (imported here: those modules import this one)."""
+    from sitscli.models.heads import POOLINGS
+    from sitscli.models.temporal import POSITIONS
+
+    return {"pooling": POOLINGS, "positions": POSITIONS}
+
+
+def hparam_fields(spec: "ModelSpec") -> dict[str, tuple[Any, Any, str]]:
+    """name -> (type, default, allowed values in words) of each hyper-parameter of `spec`."""
+    return {name: _typed(name, default) for name, default in spec.defaults.items()}
+
+
+def _typed(name: str, default: Any) -> tuple[Any, Any, str]:
+    bounds = _BOUNDS.get(name, {})
+    words = _bound_words(bounds)
+    choices = _choices().get(name)
+    if choices:
+        return Literal[choices], default, "one of " + ", ".join(choices)
+    if isinstance(default, bool):
+        return bool, default, "true or false"
+    if isinstance(default, int):
+        bounds = bounds or {"ge": 1}
+        return Annotated[int, Field(**bounds)], default, f"integer {_bound_words(bounds)}"
+    if isinstance(default, float):
+        bounds = bounds or {"ge": 0}
+        return Annotated[float, Field(allow_inf_nan=False, **bounds)], default, f"number {_bound_words(bounds)}"
+    if isinstance(default, list) and all(isinstance(v, int) for v in default):
+        return list[Annotated[int, Field(ge=1)]], default, "list of integers >= 1"
+    if default is None:
+        return Annotated[int, Field(ge=1)] | None, None, "integer >= 1, or null (set from the data)"
+    if isinstance(default, str):
+        return str, default, "text"
+    return Any, default, words or "any"
+
+
+def _bound_words(bounds: dict[str, Any]) -> str:
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{signs[k]} {v}" for k, v in bounds.items())
+
+
+@functools.cache
+def _schema(spec: "ModelSpec") -> type[BaseModel]:
+    fields = {name: (kind, default) for name, (kind, default, _) in hparam_fields(spec).items()}
+    return create_model(f"{spec.name}_hparams", __config__=ConfigDict(extra="forbid", protected_namespaces=()), **fields)
 
 
 _MODELS: dict[str, ModelSpec] = {}

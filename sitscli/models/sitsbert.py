@@ -229,6 +229,8 @@ register(ModelSpec(
     name="sitsbert",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("hidden", "layers", "heads", "dropout"), "Yuan & Lin 2021, experiments (reference README)"),
+             "pooling": "reference classifier (MaxPool1d over the sequence)"},
     input="pixel",
     compact=True,
     max_len=MAX_LEN,

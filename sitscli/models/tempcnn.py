@@ -81,5 +81,8 @@ register(ModelSpec(
     name="tempcnn",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("filters", "kernel", "conv_layers", "dense", "dropout"),
+                             "Pelletier et al. 2019 and reference code"),
+             "grid_len": "ours: a 10-day grid over the year (days 0-360)", "grid_step": "ours: a 10-day grid over the year (days 0-360)", "positions": "ours: day of year on the grid"},
     description="TempCNN (Pelletier et al. 2019): 1-D convolutions on series resampled to a 10-day grid, supervised",
 ))

@@ -93,6 +93,8 @@ register(ModelSpec(
     name="transformer",
     build=build,
     defaults=DEFAULTS,
+    sources={**dict.fromkeys(("d_model", "heads", "layers", "d_inner", "dropout"), "BreizhCrops TransformerModel"),
+             "positions": "ours: day-of-year encoding"},
     compact=True,
     description="Transformer (Rußwurm & Körner 2020) on clear observations with day-of-year encoding, supervised",
 ))

@@ -86,6 +86,8 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
     cube_a = open_series(a, band_names, bands=bands, what="series A", card=card, date_range=date_range_a)
     cube_b = open_series(b, list(cube_a.band_names), bands=bands, what="series B", card=card, date_range=date_range_b)
     cube_b = _on_grid_of(cube_a, cube_b)
+    # read now: a missing --reference-field must stop the command before the first byte is written
+    truth = Reference(Path(reference), cube_a.grid, reference_field) if reference is not None else None
     log(f"change-detect ({method}): A {date_span(cube_a)}, B {date_span(cube_b)}, "
         f"{cube_a.grid.width} x {cube_a.grid.height} px")
     tags = provenance(card, {"SITS_METHOD": method, "SITS_DATES_A": date_span(cube_a), "SITS_DATES_B": date_span(cube_b)})
@@ -117,8 +119,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
                 "the scores have no clear tail of change (different seasons or sensors in A and B?); "
                 "check the score map and give --threshold VALUE")
     if reference is not None:
-        scores, labels = scores_and_labels(outputs["score"], Reference(Path(reference), cube_a.grid, reference_field),
-                                           block=block)
+        scores, labels = scores_and_labels(outputs["score"], truth, block=block)
         summary["auc"] = roc(scores, labels, outputs["roc"], overwrite=overwrite, title=f"change-detect ({method})")
         summary["reference_pixels"] = int(labels.size)
         log(f"ROC AUC {summary['auc']:.3f} over {labels.size:,} reference pixels")

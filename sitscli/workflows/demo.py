@@ -15,6 +15,7 @@ defaults).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 from sitscli.core.dates import to_days
 from sitscli.core.io import atomic_output, check_output
 from sitscli.core.progress import log
+from sitscli.engine.device import resolve_device
 
 # Cut-down settings for a few minutes on 2 CPU cores (the commands' defaults are the papers').
 DEMO_SETTINGS: dict[str, Any] = {
@@ -42,18 +44,25 @@ DEMO_SETTINGS: dict[str, Any] = {
 def run_demo(out: str | Path, *, seed: int = 0, device: str = "auto", overwrite: bool = False,
              change: bool = True) -> dict[str, Any]:
     """Run every step into `out`; returns the report (also written as report.json and report.md)."""
+    resolve_device(device)          # a wrong --device stops the demo before it writes anything
+    out = check_output(out, overwrite)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    try:
+        return _run_steps(out, seed=seed, device=device, change=change)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)   # a demo is not resumable: nothing half-made stays
+        raise
+
+
+def _run_steps(out: Path, *, seed: int, device: str, change: bool) -> dict[str, Any]:
     from sitscli.data.recipes.s2 import prepare_s2
     from sitscli.data.synthetic import write_synthetic
     from sitscli.workflows.finetune import finetune
     from sitscli.workflows.predict_map import predict_map
     from sitscli.workflows.pretrain import pretrain
 
-    out = check_output(out, overwrite)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     s = DEMO_SETTINGS
     steps = 7 if change else 5
     report: dict[str, Any] = {"settings": s, "seed": seed, "timings_s": {}}

@@ -1,6 +1,6 @@
 """`sits finetune`: train a classifier, from a pre-trained encoder (`--from RUN`) or from scratch.
 
-Options resolve as: engine `TrainConfig` defaults < FINETUNE_OPTIONS < the model's paper settings
+Options resolve as: engine `TrainConfig` defaults < FinetuneOptions < the model's paper settings
 (`TRAINING["finetune"]` in its module, plus `TRAINING["scratch"]` without `--from`) < a protocol's
 settings (`sits probe`) < `--config FILE.yaml` < flags. The resolved options are saved as
 `RUN/config.yaml`.
@@ -29,11 +29,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
@@ -49,11 +50,13 @@ from sitscli.engine.device import resolve_device
 from sitscli.engine.metrics import classification_report, predict_labels, write_report
 from sitscli.engine.trainer import FitResult, fit, seed_everything
 from sitscli.models import registry
+from sitscli.models.heads import POOLINGS
 from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, merge_lora, parse_targets
 from sitscli.models.registry import DataInfo, ModelSpec
-from sitscli.workflows.pretrain import (RunResult, check_input_kind, check_run_output, is_main_process,
-                                        model_training_defaults, resolve_run_options, run_directory,
-                                        series_dataset, train_config, warn_folded_years)
+from sitscli.workflows.pretrain import (Fraction, PathText, RunResult, check_input_kind, check_run_output,
+                                        is_main_process, model_training_defaults, resolve_run_options,
+                                        resumes_training, run_directory, series_dataset, train_config,
+                                        warn_folded_years)
 
 MODES = ("full", "frozen", "lora")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -61,15 +64,30 @@ CLASS_WEIGHTS = ("none", "balanced")
 # noise (a rule of thumb, not a paper's figure).
 MIN_CLASS_SAMPLES = 10
 
-# Options of `sits finetune` besides the TrainConfig fields.
-# val_fraction: share of the training parcels (groups) held out for choosing the epoch when the
-# dataset has no val split; not from a paper: 10 % keeps most labels for training.
-FINETUNE_OPTIONS: dict[str, Any] = {
-    "data": None, "model": None, "from_run": None, "mode": "full", "hparams": {}, "pooling": None,
-    "lora_rank": DEFAULT_RANK, "lora_alpha": DEFAULT_ALPHA, "lora_dropout": DEFAULT_DROPOUT, "lora_targets": "qkv",
-    "class_weights": "none", "eval_date_shift": [], "val_fraction": 0.1,
-    "monitor": "val_oa", "monitor_mode": "max",
-}
+
+class FinetuneOptions(BaseModel):
+    """Options of `sits finetune` besides the TrainConfig fields, typed (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    data: PathText | None = None
+    model: str | None = None
+    from_run: PathText | None = None
+    mode: Literal[MODES] = "full"
+    hparams: dict[str, Any] = {}        # checked against the model's own schema (registry)
+    pooling: Literal[POOLINGS] | None = None
+    lora_rank: Annotated[int, Field(ge=1)] = DEFAULT_RANK
+    lora_alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_ALPHA
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_DROPOUT
+    lora_targets: str = "qkv"
+    class_weights: Literal[CLASS_WEIGHTS] = "none"
+    eval_date_shift: list[int] | str = []     # days, or "0,1,2" (parse_shifts)
+    # share of the training parcels (groups) held out for choosing the epoch when the dataset has
+    # no val split; not from a paper: 10 % keeps most labels for training
+    val_fraction: Fraction = 0.1
+
+
+# The epoch kept is the one of the best validation accuracy (module docstring).
+FINETUNE_MONITOR: dict[str, Any] = {"monitor": "val_oa", "monitor_mode": "max"}
 
 
 class ClassificationTask:
@@ -124,7 +142,7 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
              resume: str | Path | None = None, overwrite: bool = False,
              protocol: Callable[[ModelSpec], dict[str, Any]] | None = None, **flags: Any) -> RunResult:
     """Train a classifier on the labelled `data` and report on its test split; flags are options
-    (None = not given), see FINETUNE_OPTIONS and TrainConfig.
+    (None = not given), see FinetuneOptions and TrainConfig.
 
     `protocol(spec) -> defaults` adds settings above the model's own (e.g. `sits probe`'s).
     """
@@ -172,8 +190,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
             classifier = spec.direct_fit(train_set, hparams, info, cfg.seed)
             result = FitResult(best_epoch=0, best_metric=float("nan"))
         else:
-            result = fit(trained, task, train_set, val_set, collate, cfg, run_dir, resume=resume is not None,
-                         trainable=trainable)
+            result = fit(trained, task, train_set, val_set, collate, cfg, run_dir,
+                         resume=resumes_training(run_dir, resume), trainable=trainable)
         if result.interrupted or not is_main_process():
             return RunResult(run_dir, result, n_trainable)
         if options["mode"] == "lora":
@@ -195,7 +213,7 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
 
 def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[dict, ModelSpec, ModelCard | None]:
     """Resolve the options in two passes: the model and the --from run decide the paper defaults."""
-    first = resolve_run_options(FINETUNE_OPTIONS, lambda _: {}, flags, config_file, resume)
+    first = resolve_run_options(FinetuneOptions, lambda _: dict(FINETUNE_MONITOR), flags, config_file, resume)
     from_card = read_card(Path(first["from_run"])) if first["from_run"] else None
     model = first["model"] or (from_card.model_name if from_card else None)
     if model is None:
@@ -206,13 +224,14 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
     spec = registry.get(model)
 
     def stage_defaults(_: str) -> dict[str, Any]:
-        defaults = model_training_defaults(spec, "finetune")
+        defaults = {**FINETUNE_MONITOR, **model_training_defaults(spec, "finetune")}
         if from_card is None:
             defaults.update(model_training_defaults(spec, "scratch"))
         defaults.update(protocol(spec) if protocol else {})
         return defaults
 
-    options = resolve_run_options(FINETUNE_OPTIONS, stage_defaults, {**flags, "model": model}, config_file, resume)
+    options = resolve_run_options(FinetuneOptions, stage_defaults, {**flags, "model": model}, config_file, resume)
+    options["hparams"] = spec.check_hparams(options["hparams"])
     if from_card is not None:
         options["from_run"] = str(Path(from_card.run_dir).resolve())
     options["eval_date_shift"] = parse_shifts(options["eval_date_shift"])
@@ -231,13 +250,10 @@ def parse_shifts(value) -> list[int]:
 
 
 def _check_options(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> None:
+    """What the option schemas cannot see alone: options that contradict each other or the model."""
     mode = options["mode"]
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode != "full" and from_card is None:
         raise ConfigError(f"--mode {mode} adapts a pre-trained encoder: give --from RUN (or use --mode full)")
-    if options["class_weights"] not in CLASS_WEIGHTS:
-        raise ConfigError(f"--class-weights {options['class_weights']!r}: choose one of {', '.join(CLASS_WEIGHTS)}")
     if options["pooling"] is not None and "pooling" not in spec.defaults:
         raise ConfigError(f"model {spec.name} has no pooling choice: leave out --pooling")
     if spec.direct_fit is not None and (from_card is not None or mode != "full"):
@@ -264,6 +280,13 @@ def _check_labelled(prepared: Prepared) -> None:
     if not prepared.class_names:
         raise DataContentError(f"{prepared.path} has no classes (an unlabelled dataset): fine-tuning needs labels; "
                                f"prepare the data with --labels (an unlabelled one serves sits pretrain)")
+    counts = prepared.ds.attrs.get("class_counts", {})
+    for split in ("train", "test"):
+        present = [name for name, n in dict(counts.get(split, {})).items() if n and name in prepared.class_names]
+        if len(present) == 1:
+            log(f"warning: the {split} split of {prepared.path} holds one class only ({present[0]}): "
+                + ("the classifier cannot learn to tell classes apart" if split == "train" else
+                   "its accuracy will say nothing about telling classes apart"))
 
 
 def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInfo:
@@ -277,7 +300,7 @@ def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInf
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:
-    hparams = {**(from_card.hparams if from_card else {}), **dict(options["hparams"] or {})}
+    hparams = {**(from_card.hparams if from_card else {}), **options["hparams"]}
     if options["pooling"] is not None:
         hparams["pooling"] = options["pooling"]
     return hparams

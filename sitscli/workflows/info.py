@@ -29,6 +29,8 @@ def info(path: str | Path) -> dict[str, Any]:
     run_dir = _run_dir(path)
     if run_dir is not None:
         return run_info(run_dir)
+    if _is_unfinished_run(path):
+        return unfinished_run_info(path)
     if (path / "data.zarr").is_dir():
         return dataset_info(path)
     return l2a_info(path)
@@ -39,6 +41,38 @@ def _run_dir(path: Path) -> Path | None:
     out here so that describing a dataset does not import torch."""
     folder = path if path.is_dir() else path.parent
     return folder if (folder / "model.yaml").is_file() else None
+
+
+def _is_unfinished_run(path: Path) -> bool:
+    """A run directory without model.yaml: config.yaml, and resume/ once the engine saved a state.
+    A prepared dataset also holds a config.yaml, but with its data.zarr."""
+    return (path / "config.yaml").is_file() and not (path / "data.zarr").exists()
+
+
+def unfinished_run_info(run_dir: Path) -> dict[str, Any]:
+    """An interrupted run: its model, how far it got and the command that continues it."""
+    import yaml
+
+    try:
+        options = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        options = {}
+    options = options if isinstance(options, dict) else {}
+    command = "pretrain" if "pretext" in options else "finetune"
+    out = {"kind": "run", "status": "interrupted", "path": str(run_dir), "model": options.get("model"),
+           "command": command, "epochs": options.get("epochs"), "continue": f"sits {command} --resume {run_dir}"}
+    state = run_dir / "resume" / "state.json"
+    if not state.is_file():
+        out["progress"] = "stopped before its first save: --resume starts it from the beginning"
+        return out
+    try:
+        saved = json.loads(state.read_text())
+        out["epochs_done"] = int(saved["epoch"])
+        out["progress"] = f"{saved['epoch']} of {options.get('epochs', '?')} epochs done" + (
+            f", {saved['samples_done']} samples into epoch {saved['epoch'] + 1}" if saved.get("samples_done") else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        out["progress"] = "its saved state is damaged: start it again without --resume"
+    return out
 
 
 def dataset_info(path: Path) -> dict[str, Any]:
@@ -82,14 +116,14 @@ def l2a_info(path: Path) -> dict[str, Any]:
 
 def run_info(run_dir: Path) -> dict[str, Any]:
     """Model, task, classes, bands, hyper-parameters (and metrics.json's top-level figures if any)."""
-    from sitscli.engine.checkpoint import WEIGHTS, read_card
+    from sitscli.engine.checkpoint import read_card, weights_status
 
     card = read_card(run_dir)
     out = {
-        "kind": "run", "path": str(run_dir), "model": card.model_name, "task": card.task,
+        "kind": "run", "status": "finished", "path": str(run_dir), "model": card.model_name, "task": card.task,
         "classes": list(card.info.class_names), "bands": list(card.info.band_names),
         "hparams": card.hparams, "dataset_fingerprint": card.dataset_fingerprint,
-        "sitscli_version": card.sitscli_version, "weights": (run_dir / WEIGHTS).is_file(),
+        "sitscli_version": card.sitscli_version, "weights": weights_status(card),
     }
     if card.info.reference_date is not None:
         out["reference_date"] = iso(card.info.reference_date)

@@ -15,13 +15,14 @@ from rasterio.windows import Window
 from sitscli import __version__
 from sitscli.core.dates import iso
 from sitscli.core.errors import CheckpointError, ConfigError
-from sitscli.core.io import check_output
+from sitscli.core.io import check_output, lock_output
 from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
 from sitscli.engine.device import resolve_device
-from sitscli.mapping.geotiff import RasterSpec, class_map_spec, legend_tags
+from sitscli.mapping.blocks import BlockProgress, partial_path
+from sitscli.mapping.geotiff import COMPRESSIONS, RasterSpec, class_map_spec, legend_tags
 from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
 from sitscli.models import registry
 
@@ -45,20 +46,24 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
                 date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
                 block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
                 compress: str = "deflate", colors: str | Path | None = None, resume: bool = False,
-                overwrite: bool = False, after_block: Callable[[int], None] | None = None) -> dict:
+                overwrite: bool = False, after_block: Callable[[int], None] | None = None,
+                after_publish: Callable[[Path], None] | None = None) -> dict:
     """Map `source` (an L2A folder, a GeoTIFF stack, or an opened `Cube`) with the classifier `model`.
 
     Writes `out` (the class codes of the run, or class ids 0..K-1 when it has none; colour table,
     class names, .qml and .clr legends), and optionally `probabilities` (one band per class) and
     `confidence` (the largest probability); COGs unless `cog` is False. `colors` is a colour file
     (`sitscli.core.legend.read_color_file`) replacing the run's class colours. Returns a summary.
+    Every option, the model and the input are checked before the first byte is written.
     """
-    outputs = _check_outputs(out, probabilities, confidence, overwrite)
     if prob_dtype not in PROB_DTYPES:
         raise ConfigError(f"--prob-dtype {prob_dtype!r}: choose one of {', '.join(PROB_DTYPES)}")
+    if compress not in COMPRESSIONS:
+        raise ConfigError(f"--compress {compress!r}: choose one of {', '.join(COMPRESSIONS)}")
     if block < 16 or batch_size < 1:
         raise ConfigError("--block must be at least 16 pixels and --batch-size at least 1")
     torch_device = resolve_device(device)
+    outputs = _check_outputs(out, probabilities, confidence, overwrite, resume)
     net, card = load_model(Path(model), torch_device)
     spec = _classifier_spec(card)
     cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file)
@@ -75,7 +80,8 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     # data: a small cap keeps memory flat whatever the raster size.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
-                            fingerprint=_fingerprint(source, card, cube), after_block=after_block)
+                            fingerprint=_fingerprint(source, card, cube), after_block=after_block,
+                            after_publish=after_publish)
     return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
             "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
             "model": card.model_name, "dates": len(cube.dates)}
@@ -95,14 +101,19 @@ def warn_outside_training(dates: np.ndarray, card: ModelCard, spec: registry.Mod
     log(f"warning: {outside} of {len(dates)} input dates lie outside the training period {iso(first)} to {iso(last)}: {how}")
 
 
-def _check_outputs(out, probabilities, confidence, overwrite: bool) -> dict[str, Path]:
+def _check_outputs(out, probabilities, confidence, overwrite: bool, resume: bool) -> dict[str, Path]:
+    """The outputs, locked; an existing one is refused unless --overwrite, or --resume of a job
+    that was interrupted while it put its outputs in place (its progress sidecar is still there)."""
     given = {"map": out, "probabilities": probabilities, "confidence": confidence}
     outputs = {k: Path(v) for k, v in given.items() if v is not None}
     resolved = [p.resolve() for p in outputs.values()]
     if len(set(resolved)) < len(resolved):
         raise ConfigError("--out, --probabilities and --confidence must be different files")
     for path in outputs.values():
-        check_output(path, overwrite)
+        lock_output(path)
+    unfinished = resume and BlockProgress.sidecar(partial_path(outputs["map"])).is_file()
+    for path in outputs.values():
+        check_output(path, overwrite or unfinished)
     return outputs
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sitscli.core.config import load_yaml, resolve
+from sitscli.core.config import check_unique, load_yaml, resolve
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
-from sitscli.core.io import require_exists
+from sitscli.core.io import check_output, require_exists
 from sitscli.data.recipes.s2 import DEFAULT_FRACTIONS, DEFAULT_MAX_PER_POLYGON
 
 _FRACTIONS = ",".join(str(f) for f in DEFAULT_FRACTIONS)
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "s2": ("folder", "labels", "class_field", "out"),
     "timesen2crop": ("root", "out"),
-    "sitsbert-csv": ("train", "out"),
+    "sitsbert-csv": ("out",),       # a train file, an unlabeled one, or both (checked by the recipe)
     "table": ("csv", "out"),
     "synthetic": ("out",),
 }
@@ -90,7 +90,16 @@ def resolve_options(source: str, flags: Mapping[str, Any], config_file: str | Pa
 def prepare(source: str, flags: Mapping[str, Any], config_file: str | Path | None = None) -> PrepareResult:
     """Run `sits prepare SOURCE` with the given flags; returns the output and its summary."""
     options = resolve_options(source, flags, config_file)
+    check_output(output_path(source, options["out"]), bool(options["overwrite"]))  # locked before any reading
     return _RUNNERS[source](options)
+
+
+def output_path(source: str, out) -> Path:
+    """Where `sits prepare SOURCE --out OUT` writes: OUT.sits for a dataset, OUT for synthetic L2A."""
+    from sitscli.data.prepared import dataset_path
+
+    out = Path(out).expanduser()
+    return out if source == "synthetic" else dataset_path(out)
 
 
 # ------------------------------------------------------------------------ option parsing
@@ -163,6 +172,7 @@ def _run_s2(o: dict) -> PrepareResult:
         s1_units=_choice(o["s1_units"], ("auto", "linear", "db"), "--s1-units"), planetscope=o["planetscope"],
         vhr=o["vhr"], vhr_bands=tuple(_names(o["vhr_bands"]) or ()) or None,
         vhr_resolution=_positive(o["vhr_resolution"], "--vhr-resolution"))
+    check_unique(_names(o["bands"]) or [], "--bands")
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         code_field=o["code_field"], colors=o["colors"],

@@ -19,20 +19,22 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from torch.utils.data import Dataset, Subset
 
-from sitscli.core.config import dump_yaml, load_yaml, resolve
+from sitscli.core.config import dump_yaml, load_yaml, resolve, validated
 from sitscli.core.dates import iso
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
-from sitscli.core.io import check_output, require_exists
+from sitscli.core.io import atomic_output, check_output, lock_output, require_exists
 from sitscli.core.progress import log
 from sitscli.data.batch import collate
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import CARD, save_model
+from sitscli.engine.signals import StopRequested
 from sitscli.engine.trainer import FitResult, TrainConfig, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.registry import DataInfo, ModelSpec
@@ -43,11 +45,21 @@ YEAR_DAYS = 366      # a dataset whose last date is this many days after its fir
 RESUME = "resume"
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
-# Options of `sits pretrain` besides the TrainConfig fields.
-# val_fraction: share of the training samples held out to watch the pretext loss when the
-# dataset has no `val` split (3 %: the reference code's valid_rate).
-PRETRAIN_OPTIONS: dict[str, Any] = {"data": None, "model": "sitsbert", "hparams": {}, "pretext": {},
-                                    "val_fraction": 0.03}
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+PathText = Annotated[str, BeforeValidator(os.fspath)]    # a path given as text or as a Path
+
+
+class PretrainOptions(BaseModel):
+    """Options of `sits pretrain` besides the TrainConfig fields, typed (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    data: PathText | None = None
+    model: str = "sitsbert"
+    hparams: dict[str, Any] = {}        # checked against the model's own schema (registry)
+    pretext: dict[str, Any] = {}
+    # share of the training samples held out to watch the pretext loss when the dataset has no
+    # `val` split (3 %: the reference code's valid_rate)
+    val_fraction: Fraction = 0.03
 
 
 @dataclass
@@ -75,9 +87,10 @@ def model_training_defaults(spec: ModelSpec, stage: str) -> dict[str, Any]:
     return dict(getattr(module, "TRAINING", {}).get(stage, {}))
 
 
-def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[str, Any],
+def resolve_run_options(schema: type[BaseModel], stage_defaults, flags: Mapping[str, Any],
                         config_file: str | Path | None, resume: str | Path | None) -> dict[str, Any]:
-    """defaults < (a resumed run's saved config) < --config < flags given (None = not given).
+    """defaults < (a resumed run's saved config) < --config < flags given (None = not given), every
+    value checked against TrainConfig and the command's `schema` (one line naming key, value and range).
 
     `stage_defaults(model_name) -> dict` gives the model's own settings once its name is known.
     """
@@ -86,15 +99,20 @@ def resolve_run_options(base: Mapping[str, Any], stage_defaults, flags: Mapping[
         file_values.update(load_yaml(require_run_config(Path(resume))))
     if config_file:
         file_values.update(load_yaml(config_file))
-    defaults = {**dataclasses.asdict(TrainConfig()), **base}
+    defaults = {**dataclasses.asdict(TrainConfig()), **schema().model_dump()}
     model = flags.get("model") or file_values.get("model") or defaults.get("model")
     if model:
         defaults.update(stage_defaults(model))
-    return resolve(defaults, file_values, flags)
+    options = resolve(defaults, file_values, flags)
+    engine = validated(TrainConfig, {k: v for k, v in options.items() if k in TRAIN_FIELDS})
+    command = validated(schema, {k: v for k, v in options.items() if k not in TRAIN_FIELDS})
+    return {**dataclasses.asdict(engine), **command.model_dump()}
 
 
 def require_run_config(run_dir: Path) -> Path:
     require_exists(run_dir, "run directory to resume")
+    if is_main_process():
+        lock_output(run_dir)
     if (run_dir / CARD).is_file():
         raise ConfigError(f"{run_dir} is a finished run (it has {CARD}): nothing to resume; start a new run with --out")
     if not (run_dir / CONFIG).is_file():
@@ -102,39 +120,68 @@ def require_run_config(run_dir: Path) -> Path:
     return run_dir / CONFIG
 
 
+def is_unstarted_run(run_dir: Path) -> bool:
+    """A run directory stopped (even by kill -9) before its first saved state: `config.yaml` alone.
+    Nothing in it is worth keeping, so both `--out` and `--resume` start it again."""
+    return run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [CONFIG]
+
+
 def check_run_output(out: str | Path | None, overwrite: bool) -> Path:
-    """The output run directory, refused when it exists (unless --overwrite)."""
+    """The output run directory (locked), refused when it exists (unless --overwrite or unstarted)."""
     if out is None:
         raise ConfigError("--out RUN is required: the folder to write the run to")
     out = Path(out)
     if not is_main_process():   # rank 0 checks and makes the directory; the other ranks may find it made
         return out
+    lock_output(out)
     if out.exists() and not overwrite and (out / RESUME).is_dir() and not (out / CARD).is_file():
         raise OutputExistsError(f"{out} holds an interrupted run: continue it with --resume {out}, or pass --overwrite")
+    if is_unstarted_run(out):
+        log(f"{out} holds a run stopped before its first save: starting it again")
+        overwrite = True
     return check_output(out, overwrite)
 
 
 def train_config(options: Mapping[str, Any]) -> TrainConfig:
+    """The engine's part of options resolved (and checked) by `resolve_run_options`."""
     return TrainConfig(**{name: options[name] for name in TRAIN_FIELDS})
+
+
+def resumes_training(run_dir: Path, resume: str | Path | None) -> bool:
+    """Whether the engine continues a saved state: --resume of a run stopped before its first save
+    starts the training from the beginning, with the run's saved options."""
+    if resume is None:
+        return False
+    if not (run_dir / RESUME).is_dir():
+        log(f"{run_dir} was stopped before its first save: starting its training from the beginning")
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def run_directory(run_dir: Path, options: Mapping[str, Any], *, resume: bool) -> Iterator[Path]:
     """Make (or reuse, on resume) the run directory and save the resolved options in it.
 
-    If the body fails before the engine saved a resumable state, a new directory is removed again.
+    A new directory appears complete (made under a temporary name with its config.yaml, then
+    renamed). If the body fails before the engine saved a resumable state, a new directory is
+    removed again; on a stop signal the CLI's line says whether a state was kept.
     """
     created = not resume
     if is_main_process():
-        if created and run_dir.exists():          # --overwrite was given (checked before)
-            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(dict(options), run_dir / CONFIG)
+        if created:
+            with atomic_output(run_dir, overwrite=True) as tmp:   # --overwrite was checked before
+                tmp.mkdir()
+                dump_yaml(dict(options), tmp / CONFIG)
+        else:
+            dump_yaml(dict(options), run_dir / CONFIG)
     try:
         yield run_dir
-    except BaseException:
-        if created and is_main_process() and not (run_dir / RESUME).is_dir():
+    except BaseException as exc:
+        kept = (run_dir / RESUME).is_dir()
+        if created and is_main_process() and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if kept and isinstance(exc, StopRequested):
+            exc.keep(f"the last saved state is kept; continue with --resume {run_dir}")
         raise
 
 
@@ -187,7 +234,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     `val` (or on `val_fraction` of the training samples when there is no val split). The test
     split is never seen, so a later fine-tuning report stays a fair test.
     """
-    options = resolve_run_options(PRETRAIN_OPTIONS, lambda m: model_training_defaults(registry.get(m), "pretrain"),
+    options = resolve_run_options(PretrainOptions, lambda m: model_training_defaults(registry.get(m), "pretrain"),
                                   flags, config_file, resume)
     run_dir = Path(resume) if resume is not None else check_run_output(out, overwrite)
     if options["data"] is None:
@@ -195,6 +242,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     prepared = open_prepared(options["data"])
     options["data"] = str(Path(prepared.path).resolve())
     spec = registry.get(options["model"])
+    options["hparams"] = spec.check_hparams(options["hparams"])
     if spec.pretext is None:
         raise ConfigError(f"model {spec.name} has no pretext task: train it directly with `sits finetune --model {spec.name}`")
     check_input_kind(prepared, spec)
@@ -217,7 +265,7 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     with run_directory(run_dir, options, resume=resume is not None):
         log(f"pre-training {spec.name} ({count_trainable(model.parameters()):,} parameters) with the "
             f"{spec.pretext} pretext on {len(train_set):,} samples, validating on {len(val_set):,}")
-        result = fit(model, task, train_set, val_set, collate, cfg, run_dir, resume=resume is not None)
+        result = fit(model, task, train_set, val_set, collate, cfg, run_dir, resume=resumes_training(run_dir, resume))
         if not result.interrupted and is_main_process():
             save_model(run_dir, model, model_name=spec.name, hparams={**spec.defaults, **options["hparams"]},
                        info=info, task="pretrain", dataset_fingerprint=prepared.fingerprint,

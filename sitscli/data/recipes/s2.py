@@ -81,6 +81,10 @@ def prepare_cube(cube: Cube, out: str | Path, *, labels: str | Path, class_field
     same arguments, `source` recorded as is."""
     if patch_size is not None and patch_size < 1:
         raise ConfigError(f"--patch-size {patch_size}: give a patch side in pixels >= 1, e.g. 64")
+    if patch_size is not None and patch_size > min(cube.grid.height, cube.grid.width):
+        # checked before anything is allocated: a patch is padded to its full size in memory
+        raise ConfigError(f"--patch-size {patch_size} is larger than the raster ({cube.grid.width} x "
+                          f"{cube.grid.height} px): give a patch side that fits, e.g. 64")
     found = read_labels(labels, class_field, crs=cube.grid.crs, bounds=cube.grid.bounds, buffer=buffer,
                         color_field=color_field, code_field=code_field)
     if colors is not None:

@@ -9,6 +9,10 @@ multiple of bands + 1 (+ 1 for the label). The reference code splits each line o
 to (bands + 1, T). Rows padded with zeros are accepted: DOY 0 marks padding (invalid).
 The reference files are Train.csv / Validate.csv / Test.csv and Pre-Training-Data.csv (unlabeled).
 Files carry day-of-year only: `year` places them on the calendar.
+A row is refused, with its number, when its numbers cannot mean what the format says: a value
+that is not a storable reflectance x 10000 (NaN, infinite, beyond int16), a day of year that is
+not a whole day in 0-366 (what a wrong band count gives: reflectances read as days), a day twice,
+or a label that is not a whole number >= 0.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sitscli.core.config import check_unique
 from sitscli.core.dates import to_days
-from sitscli.core.errors import ConfigError, DataFormatError
+from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import require_exists
 from sitscli.core.progress import Progress, log
 from sitscli.data.prepared import PreparedWriter, dataset_path
@@ -27,6 +32,10 @@ from sitscli.data.splits import TEST, TRAIN, UNLABELED, VAL
 
 SITSBERT_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")  # README: Sentinel-2 bands 2-8, 8A, 11, 12
 SCALE = 10000.0
+STORABLE = 32767                  # largest |reflectance x 10000| the int16 store holds
+MAX_DOY = 366
+# Dates are stored as days since 1970-01-01; no satellite image time series is older (Landsat 1: 1972).
+MIN_YEAR, MAX_YEAR = 1970, 2100
 BLOCK = 4096
 
 
@@ -53,7 +62,33 @@ def _rows(path: Path, n_bands: int, labeled: bool) -> Iterator[tuple[int, np.nda
                 what = f"{n_bands} bands + DOY" + (" + 1 label" if labeled else "")
                 raise DataFormatError(f"{path} row {number} has {len(values)} values; expected a multiple of {n_bands + 1} "
                                       f"({what}): check the band count and whether the file is labelled")
+            _check_row(values, n_bands, labeled, f"{path} row {number}")
             yield number, values
+
+
+def _check_row(values: np.ndarray, n_bands: int, labeled: bool, where: str) -> None:
+    """Refuse a row whose numbers cannot mean what the format says, rather than store them wrongly.
+
+    With the wrong band count a row may still split evenly, and reflectances are then read as days
+    of year: the day-of-year check is what catches it.
+    """
+    body = values[:-1] if labeled else values
+    series = body.reshape(n_bands + 1, -1)                # (bands + DOY, T)
+    reflectance, doy = series[:-1], series[-1]
+    bad = ~(np.abs(reflectance) <= STORABLE)              # NaN and infinities included
+    if bad.any():
+        raise DataContentError(f"{where}: value {reflectance[bad][0]:g} is not a reflectance x 10000 (storable: "
+                               f"-{STORABLE:g} to {STORABLE:g}): fix or drop the row")
+    if not (np.isin(doy, np.arange(MAX_DOY + 1))).all():
+        odd = doy[~np.isin(doy, np.arange(MAX_DOY + 1))][0]
+        raise DataContentError(f"{where}: day of year {odd:g} is not a whole day in 1-{MAX_DOY} (0 = padding): "
+                               f"check --bands (this row reads as {n_bands} bands + DOY) and that bands come first")
+    days = doy[doy > 0]
+    if np.unique(days).size < days.size:
+        twice = days[np.flatnonzero(np.diff(np.sort(days)) == 0)[0]]
+        raise DataContentError(f"{where}: day of year {twice:g} appears twice: a series has one observation per date")
+    if labeled and not (values[-1] >= 0 and float(values[-1]).is_integer()):
+        raise DataContentError(f"{where}: label {values[-1]:g} is not a class id (a whole number, 0 or more)")
 
 
 def _scan(path: Path, n_bands: int, labeled: bool) -> tuple[int, int, set[int]]:
@@ -84,8 +119,14 @@ def prepare_sitsbert_csv(train, out, *, val=None, test=None, unlabeled=None, ban
     files = [(f, code, code != UNLABELED) for f, code in ((train, TRAIN), (val, VAL), (test, TEST), (unlabeled, UNLABELED))
              if f is not None]
     if not files:
-        raise ConfigError("no SITS-BERT file given: pass a labelled train file and/or an unlabeled file")
+        raise ConfigError("no SITS-BERT file given: pass a labelled TRAIN file and/or --unlabeled FILE")
     files = [(require_exists(f, "SITS-BERT CSV file"), code, labeled) for f, code, labeled in files]
+    for path, _, _ in files:
+        if path.is_dir():
+            raise DataFormatError(f"{path} is a folder: give the SITS-BERT CSV file")
+    check_unique([canonical_band(b) for b in bands], "--bands")
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise ConfigError(f"--year {year}: give the calendar year of the data ({MIN_YEAR}-{MAX_YEAR})")
     n_bands = len(bands)
     scans = {path: _scan(path, n_bands, labeled) for path, _, labeled in files}
     labels = set().union(*(s[2] for s in scans.values()))

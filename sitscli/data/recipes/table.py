@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sitscli.core.config import check_unique
 from sitscli.core.dates import to_days
 from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import check_output, require_exists
@@ -103,6 +104,10 @@ def prepare_table(csv, out, *, layout: str = "auto", id_col: str | None = None, 
         raise ConfigError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     fractions = check_fractions(fractions)
     path = require_exists(csv, "sample table")
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a folder: give the CSV file of samples")
+    if band_cols is not None:
+        check_unique(band_cols, "--band-cols")
     out = check_output(dataset_path(out), overwrite)  # before reading a large table for nothing
     header = _read_header(path)
     if layout == "auto":
@@ -240,13 +245,22 @@ def _numeric(table: pd.DataFrame, column: str, path: Path, option: str = "--band
     return values.to_numpy(dtype=np.float64)
 
 
+def _mostly_numeric(column: pd.Series) -> bool:
+    """A band column: numbers in at least half of its non-empty cells. A stray text cell ("n/a",
+    "1,2") in a band must be reported (by `_numeric`), not make the whole band vanish."""
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    cells = column.dropna()
+    return bool(len(cells)) and pd.to_numeric(cells, errors="coerce").notna().mean() >= 0.5
+
+
 def _scaled(values: np.ndarray, band: str, rows: np.ndarray, path: Path) -> np.ndarray:
     """values (..., ) of one band on the 0-1 scale; rows (same shape) are 0-based data rows, for errors."""
     finite = np.isfinite(values)
     if finite.any() and np.median(np.abs(values[finite])) > X10000_MEDIAN:
         log(f"table: band {band} looks scaled x 10000 (median |value| > {X10000_MEDIAN}): divided by 10000")
         values = values / SCALE
-    outside = finite & (np.abs(values) > STORABLE)
+    outside = ~np.isnan(values) & ~(np.abs(values) <= STORABLE)      # infinities included
     if outside.any():
         first = np.flatnonzero(outside.ravel())[0]
         raise DataContentError(f"{path} line {int(rows.ravel()[first]) + 2}: band {band} value {values.ravel()[first]:g} "
@@ -295,8 +309,7 @@ def _long(table, path, id_col, date_col, label_col, band_cols, lon_col, lat_col,
     date_col, days = _date_column(table, date_col, codes, path)
     used = {id_col, date_col, label_col, lon_col, lat_col, code_col}
     if band_cols is None:
-        band_cols = [c for c in table.columns if c not in used and not c.startswith("Unnamed:")
-                     and pd.api.types.is_numeric_dtype(table[c])]
+        band_cols = [c for c in table.columns if c not in used and not c.startswith("Unnamed:") and _mostly_numeric(table[c])]
         if not band_cols:
             raise DataFormatError(f"{path}: no numeric band column besides {', '.join(c for c in used if c)}; "
                                   f"columns: {', '.join(table.columns)}; name them with --band-cols")
