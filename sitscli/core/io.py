@@ -59,7 +59,15 @@ def _remove(path: Path) -> None:
 
 def temporary_sibling(path: Path) -> Path:
     """A unique hidden name next to `path`, on the same filesystem so rename is atomic."""
-    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}{_PARTIAL}{uuid.uuid4().hex[:8]}")
+
+
+_PARTIAL = ".partial-"
+
+
+def _is_temporary(path: Path) -> bool:
+    """Whether `path` is a name made by `temporary_sibling`."""
+    return path.name.startswith(".") and _PARTIAL in path.name
 
 
 @contextlib.contextmanager
@@ -136,6 +144,8 @@ def lock_output(path: str | os.PathLike) -> None:
     output = Path(os.path.abspath(path))
     if any(h.output == output or h.output in output.parents for scope in _scopes for h in scope):
         return
+    if any(_is_temporary(folder) for folder in output.parents):
+        return  # a file of an output being built under its temporary name: no other run can see it
     made = make_folder(output.parent, output)
     if not _scopes or int(os.environ.get("RANK", "0")) != 0:
         return

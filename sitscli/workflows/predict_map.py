@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from sitscli import __version__
@@ -21,6 +20,7 @@ from sitscli.core.progress import log
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
 from sitscli.engine.device import resolve_device
+from sitscli.data.readers import streaming_env
 from sitscli.mapping.blocks import BlockProgress, partial_path
 from sitscli.mapping.geotiff import COMPRESSIONS, RasterSpec, class_map_spec, legend_tags
 from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
@@ -31,7 +31,6 @@ from sitscli.models import registry
 # `prob_dtype="float32"` keeps full precision (nodata NaN).
 PROB_DTYPES = ("uint8", "float32")
 PERCENT = 0.01
-GDAL_CACHE_MB = 64
 
 DEFAULTS = {
     "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
@@ -76,9 +75,7 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     if colors is not None:
         class_colors = apply_color_file(colors, card.info.class_names, card.info.class_codes, class_colors)
     targets = _targets(outputs, card, cube, prob_dtype, class_colors)
-    # Every input block is read once, so GDAL's block cache (5 % of RAM by default) only holds dead
-    # data: a small cap keeps memory flat whatever the raster size.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with streaming_env():
         summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
                             fingerprint=_fingerprint(source, card, cube), after_block=after_block,
                             after_publish=after_publish)

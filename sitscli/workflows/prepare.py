@@ -89,9 +89,12 @@ def resolve_options(source: str, flags: Mapping[str, Any], config_file: str | Pa
 
 def prepare(source: str, flags: Mapping[str, Any], config_file: str | Path | None = None) -> PrepareResult:
     """Run `sits prepare SOURCE` with the given flags; returns the output and its summary."""
+    from sitscli.data.readers import streaming_env  # rasterio: not for the table sources' start-up
+
     options = resolve_options(source, flags, config_file)
     check_output(output_path(source, options["out"]), bool(options["overwrite"]))  # locked before any reading
-    return _RUNNERS[source](options)
+    with streaming_env():  # rasters are read block by block: keep GDAL's cache from growing with them
+        return _RUNNERS[source](options)
 
 
 def output_path(source: str, out) -> Path:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from sitscli import __version__
@@ -22,6 +21,7 @@ from sitscli.core.errors import CheckpointError, ConfigError, DataContentError
 from sitscli.core.io import check_output
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
+from sitscli.data.readers import streaming_env
 from sitscli.mapping.geotiff import RasterSpec, class_map_spec, default_colors
 from sitscli.mapping.predict import MapTarget, class_ids, scaled, write_map
 from sitscli.mapping.probabilities import DESCRIPTION_PREFIX, Passthrough, ProbabilityCube
@@ -29,7 +29,6 @@ from sitscli.mapping.smooth import (
     DEFAULT_NEIGH_FRACTION, DEFAULT_SMOOTHNESS, DEFAULT_WINDOW, bayes_smooth, halo, parse_smoothness,
 )
 
-GDAL_CACHE_MB = 64
 DEFAULTS = {
     "class_map": None, "window": DEFAULT_WINDOW, "neigh_fraction": DEFAULT_NEIGH_FRACTION,
     "smoothness": DEFAULT_SMOOTHNESS, "block": 512, "cog": True, "compress": "deflate", "resume": False,
@@ -68,7 +67,7 @@ def smooth(probabilities: str | Path, *, out: str | Path, class_map: str | Path 
     cube = SmoothedCube(source, window=window, neigh_fraction=neigh_fraction, smoothness=sigma2)
     parameters = {"window": window, "neigh_fraction": neigh_fraction, "smoothness": sigma2.tolist()}
     targets = _targets(outputs, source, parameters)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with streaming_env():
         summary = write_map(cube, Passthrough(), targets, block=block, resume=resume, cog=cog, compress=compress,
                             fingerprint={**source.identity(), **parameters}, after_block=after_block,
                             label="smooth")

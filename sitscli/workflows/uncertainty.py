@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 from sitscli import __version__
 from sitscli.core.errors import ConfigError, DataContentError
 from sitscli.core.io import atomic_output, check_output
 from sitscli.core.progress import log
+from sitscli.data.readers import streaming_env
 from sitscli.mapping.geotiff import RasterSpec
 from sitscli.mapping.predict import MapTarget, scaled, write_map
 from sitscli.mapping.probabilities import Passthrough, ProbabilityCube
@@ -32,7 +32,6 @@ UINT16_SCALE = 1e-4
 # R sits `sits_uncertainty_sampling` keeps suggested samples `sampling_window` = 10 pixels apart.
 DEFAULT_MIN_DISTANCE_PIXELS = 10
 SAMPLES_LAYER = "suggested_samples"
-GDAL_CACHE_MB = 64
 DEFAULTS = {"type": "entropy", "dtype": "uint16", "suggest": None, "min_distance": None, "suggest_out": None,
             "block": 512, "cog": True, "compress": "deflate", "resume": False, "overwrite": False}
 
@@ -84,7 +83,7 @@ def uncertainty_map(probabilities: str | Path, *, out: str | Path, type: str = "
     classifier = Collecting(type, suggester)
     target = MapTarget(outputs["uncertainty"], spec, scaled(spec, classifier.measure))
     log(f"{type} uncertainty of {source.grid.width} x {source.grid.height} pixels, {source.num_classes} classes")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with streaming_env():
         summary = write_map(source, classifier, [target], block=block, resume=resume, cog=cog, compress=compress,
                             fingerprint={**source.identity(), "type": type}, after_block=after_block,
                             label="uncertainty")

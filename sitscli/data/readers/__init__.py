@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import rasterio.windows
 from rasterio.enums import Resampling
 
@@ -37,7 +38,17 @@ from sitscli.data.readers.common import (
     normalise_tile, range_text, require_bands,
 )
 
-__all__ = ["open_source", "detect_layout", "LAYOUTS", "open_s1", "open_planetscope", "open_vhr"]
+# Readers visit each block of a file once, so GDAL's block cache (5 % of RAM by default) only holds
+# dead data and grows memory with the raster: jobs that stream rasters cap it.
+GDAL_CACHE_MB = 64
+
+
+def streaming_env() -> rasterio.Env:
+    """GDAL settings for a job that reads every block once (prepare, predict-map, smooth...)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+__all__ = ["streaming_env", "open_source", "detect_layout", "LAYOUTS", "open_s1", "open_planetscope", "open_vhr"]
 
 LAYOUTS = {
     "safe": "ESA SAFE products (.SAFE folders or .SAFE.zip)",
