@@ -40,7 +40,8 @@ def test_a_kill_between_the_final_renames_is_finished_by_resume(run_dir, tmp_pat
     _map(run_dir, tmp_path / "full", probabilities=tmp_path / "full" / "p.tif", confidence=tmp_path / "full" / "c.tif")
     for name in ("map.tif", "p.tif", "c.tif"):
         np.testing.assert_array_equal(_read(tmp_path / name), _read(tmp_path / "full" / name))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "full", "map.tif", "map.tif.aux.xml", "p.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "full", "map.clr", "map.qml", "map.tif", "map.tif.aux.xml",
+                                                          "p.tif"]
 
 
 def test_without_resume_published_outputs_are_not_replaced(run_dir, tmp_path):

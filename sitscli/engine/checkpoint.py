@@ -95,6 +95,10 @@ class _Data(BaseModel):
     class_names: list[str]
     class_colors: list[str]
     reference_date: int | None
+    # added later, so optional: cards written before them still load
+    class_codes: list[int] = []
+    train_period: list[int] = []
+    modalities: dict[str, dict[str, Any]] = {}
 
     @model_validator(mode="after")
     def _one_value_per_name(self) -> "_Data":
@@ -102,6 +106,8 @@ class _Data(BaseModel):
             raise ValueError("one mean and one std per band are needed")
         if self.class_colors and len(self.class_colors) != len(self.class_names):
             raise ValueError("one colour per class (or none) is needed")
+        if self.class_codes and len(self.class_codes) != len(self.class_names):
+            raise ValueError("one code per class (or none) is needed")
         return self
 
 
