@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import CONFIG_OPTION
 from sitscli.core import config
 from sitscli.core.io import require_exists
 
@@ -26,7 +27,7 @@ def accuracy_command(
                                                "(its majority map class) instead of one per pixel (default per pixel)."),
     block: Optional[int] = typer.Option(None, "--block", help="Map block side read at a time, in pixels (default 1024)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace an existing report directory."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
+    config_file: Optional[Path] = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Accuracy of a class map against reference samples, with area-adjusted estimates (Olofsson et al. 2014)."""

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import COG_OPTION, band_list
+from sitscli.cli.common import COG_OPTION, CONFIG_OPTION, JSON_OPTION, OVERWRITE_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.io import require_exists
@@ -38,9 +38,9 @@ def change_detect_command(
     dates_b: Optional[str] = typer.Option(None, "--dates-b", help="Read B only from START:END, e.g. the next year of the same folder."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
     cog: Optional[bool] = COG_OPTION,
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    overwrite: Optional[bool] = OVERWRITE_OPTION,
+    config_file: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Score change between two image time series of one area (any dates) into a GeoTIFF."""
     from sitscli.workflows.change_detect import DEFAULTS, change_detect

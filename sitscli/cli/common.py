@@ -14,6 +14,12 @@ from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
 # Every command writing rasters: COGs by default (sitscli.mapping.geotiff.finish).
 COG_OPTION = typer.Option(None, "--cog/--no-cog", help="Write Cloud Optimized GeoTIFFs with overviews (default; "
                           "--no-cog: plain tiled GeoTIFFs).")
+COMPRESS_OPTION = typer.Option(None, "--compress", help="deflate (default), zstd or lzw.")
+RESUME_BLOCKS_OPTION = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept.")
+# Options of (nearly) every command.
+OVERWRITE_OPTION = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs.")
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML file of options; flags given here win.")
+JSON_OPTION = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 
 
 def band_list(text: str | None) -> list[str] | None:

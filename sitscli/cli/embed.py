@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import COG_OPTION, band_list
+from sitscli.cli.common import COG_OPTION, CONFIG_OPTION, JSON_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.io import require_exists
 
@@ -29,8 +29,8 @@ def embed_command(
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
     cog: Optional[bool] = COG_OPTION,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace an existing output."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    config_file: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write the aligned representation (ALISE's Y) of every pixel of an image time series."""
     from sitscli.workflows.embed import DEFAULTS, embed

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import finish_run, key_values
+from sitscli.cli.common import CONFIG_OPTION, finish_run, key_values
 from sitscli.core.errors import ConfigError
 
 
@@ -93,7 +93,7 @@ def finetune_command(
     hparam: Optional[list[str]] = typer.Option(None, "--hparam", help="Model hyper-parameter key=value (repeatable); `sits models M` lists them with defaults and sources."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (or --evaluate report folder)."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
+    config_file: Optional[Path] = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Train a classifier (from a pre-trained run or from scratch) and report on the test split."""

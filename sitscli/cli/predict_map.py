@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import COG_OPTION, band_list
+from sitscli.cli.common import (COG_OPTION, COMPRESS_OPTION, CONFIG_OPTION, JSON_OPTION, OVERWRITE_OPTION, RESUME_BLOCKS_OPTION, band_list)
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
@@ -37,11 +37,11 @@ def predict_map_command(
     cog: Optional[bool] = COG_OPTION,
     colors: Optional[Path] = typer.Option(None, "--colors", help="Class colours for the map: CSV lines code_or_name,#rrggbb, "
                                           "a QGIS style (.qml) or a colour map (.clr); default: the run's colours."),
-    compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    compress: Optional[str] = COMPRESS_OPTION,
+    resume: Optional[bool] = RESUME_BLOCKS_OPTION,
+    overwrite: Optional[bool] = OVERWRITE_OPTION,
+    config_file: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Classify every pixel of an image time series with a fine-tuned run into a GeoTIFF map."""
     from sitscli.workflows.predict_map import DEFAULTS, predict_map

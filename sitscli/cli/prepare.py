@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from sitscli.cli.app import app
+from sitscli.cli.common import JSON_OPTION
 from sitscli.core.errors import ConfigError
 
 
@@ -41,7 +42,6 @@ _SEED = typer.Option(None, "--seed", help="Random seed of sampling and splits (d
 _OVERWRITE = typer.Option(None, "--overwrite/--no-overwrite", help="Replace an existing output.")
 _CONFIG = typer.Option(None, "--config", help="YAML file of options (keys as the long flags with _); flags win. "
                        "A dataset's config.yaml prepares it again.")
-_JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _COLORS = typer.Option(None, "--colors", help="Class colours: CSV lines code_or_name,#rrggbb, a QGIS style (.qml) "
                        "or a colour map (.clr); default: land-cover colours from the class names.")
 _FRACTIONS = typer.Option(None, "--fractions", help="Train,val,test shares of the groups (default 0.7,0.15,0.15).")
@@ -118,7 +118,7 @@ def prepare_s2_command(
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Sentinel-2 L2A time series + vector labels (+ Sentinel-1, PlanetScope, VHR) -> pixel (or patch) samples
     with train/val/test splits."""
@@ -140,7 +140,7 @@ def prepare_timesen2crop_command(
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The TimeSen2Crop benchmark (per-tile CSV series) -> a prepared dataset, split by tile."""
     _run("timesen2crop", {"root": root, "out": out, "val_tiles": val_tiles, "test_tiles": test_tiles, "seed": seed,
@@ -159,7 +159,7 @@ def prepare_sitsbert_csv_command(
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """SITS-BERT CSV files (one pixel a row) -> a prepared dataset."""
     _run("sitsbert-csv", {"train": train, "out": out, "val": val, "test": test, "unlabeled": unlabeled, "bands": bands,
@@ -184,7 +184,7 @@ def prepare_table_command(
     seed: Optional[int] = _SEED,
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """A table of samples (sits in R, GEE exports) -> a prepared dataset."""
     _run("table", {"csv": csv, "out": out, "layout": layout, "id_col": id_col, "date_col": date_col,
@@ -210,7 +210,7 @@ def prepare_synthetic_command(
                                           "s2,s1,planetscope,vhr: the same parcels seen by each (default s2)."),
     overwrite: Optional[bool] = _OVERWRITE,
     config_file: Optional[Path] = _CONFIG,
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write synthetic Sentinel-2 L2A demo data: a farmed area with clouds, its parcels and crop changes."""
     _run("synthetic", {"out": out, "layout": layout, "size": size, "seed": seed, "difficulty": difficulty,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
-from sitscli.cli.common import finish_run, key_values
+from sitscli.cli.common import CONFIG_OPTION, finish_run, key_values
 
 
 @app.command("pretrain")
@@ -26,7 +26,7 @@ def pretrain_command(
     pretext: Optional[list[str]] = typer.Option(None, "--pretext", help="Pretext-task option key=value (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
+    config_file: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Self-supervised pre-training of an encoder with its model's pretext task."""
     from sitscli.workflows.pretrain import pretrain

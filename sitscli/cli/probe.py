@@ -9,7 +9,7 @@ import typer
 
 from sitscli.cli.app import app
 from sitscli.cli.finetune import show, training_flags
-from sitscli.cli.common import finish_run
+from sitscli.cli.common import CONFIG_OPTION, finish_run
 
 
 @app.command("probe")
@@ -28,7 +28,7 @@ def probe_command(
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
+    config_file: Optional[Path] = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Linear probing: a frozen pre-trained encoder and one linear layer (ALISE's protocol), with a test report."""

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import COG_OPTION, COMPRESS_OPTION, CONFIG_OPTION, JSON_OPTION, OVERWRITE_OPTION, RESUME_BLOCKS_OPTION
 from sitscli.core import config
 from sitscli.core.io import require_exists
 from sitscli.core.progress import log
@@ -26,12 +27,12 @@ def smooth_command(
     smoothness: Optional[str] = typer.Option(None, "--smoothness", help="Prior variance of a pixel's logit: one number, or "
                                              "one per class as 10,20,... (default 20; larger smooths more)."),
     block: Optional[int] = typer.Option(None, "--block", help="Pixels per side smoothed at a time (default 512)."),
-    cog: Optional[bool] = typer.Option(None, "--cog/--no-cog", help="Write Cloud Optimized GeoTIFFs (default: yes)."),
-    compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    cog: Optional[bool] = COG_OPTION,
+    compress: Optional[str] = COMPRESS_OPTION,
+    resume: Optional[bool] = RESUME_BLOCKS_OPTION,
+    overwrite: Optional[bool] = OVERWRITE_OPTION,
+    config_file: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Bayesian smoothing of class probabilities: removes isolated pixels, keeps parcel borders."""
     from sitscli.workflows.smooth import DEFAULTS, smooth

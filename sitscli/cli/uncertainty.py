@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from sitscli.cli.app import app
+from sitscli.cli.common import COG_OPTION, COMPRESS_OPTION, CONFIG_OPTION, JSON_OPTION, OVERWRITE_OPTION
 from sitscli.core import config
 from sitscli.core.io import require_exists
 from sitscli.core.progress import log
@@ -27,13 +28,13 @@ def uncertainty_command(
     suggest_out: Optional[Path] = typer.Option(None, "--suggest-out", help="GeoPackage of the suggested points "
                                                "(default OUT_samples.gpkg)."),
     block: Optional[int] = typer.Option(None, "--block", help="Pixels per side read at a time (default 512)."),
-    cog: Optional[bool] = typer.Option(None, "--cog/--no-cog", help="Write a Cloud Optimized GeoTIFF (default: yes)."),
-    compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
+    cog: Optional[bool] = COG_OPTION,
+    compress: Optional[str] = COMPRESS_OPTION,
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished "
                                           "blocks are kept (not with --suggest)."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    overwrite: Optional[bool] = OVERWRITE_OPTION,
+    config_file: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Per-pixel uncertainty of class probabilities, and where to collect new samples."""
     from sitscli.workflows.uncertainty import DEFAULTS, uncertainty_map
