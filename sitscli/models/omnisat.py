@@ -74,6 +74,17 @@ DEFAULTS: dict[str, Any] = {
     "vhr_unpooling": True,
     "task": "dense",
 }
+# Optimisation (Section 4 / reference configs): Adam, lr 1e-4, ReduceLROnPlateau (patience 10, factor
+# 0.1) on the validation loss, up to 250 epochs of pre-training; fine-tuning at lr 2e-5 with the same
+# schedule (on the monitored val_oa); from scratch (no --from) at the pre-training lr. Early stopping,
+# weight decay and warm-up are not in the paper: off.
+_PLATEAU = {"optimizer": "adam", "weight_decay": 0.0, "schedule": "plateau", "plateau_factor": 0.1,
+            "plateau_patience": 10, "warmup_epochs": 0.0, "patience": None}
+TRAINING: dict[str, dict[str, Any]] = {
+    "pretrain": {**_PLATEAU, "lr": 1e-4, "epochs": 250},
+    "finetune": {**_PLATEAU, "lr": 2e-5},
+    "scratch": {"lr": 1e-4},
+}
 TASKS = ("dense", "tile")
 SERIES = {"s2": "", "s1": "s1_"}     # time-series modalities and their batch key prefixes
 MODALITIES = ("s2", "s1", "vhr")
@@ -324,14 +335,15 @@ class RelativeAttention(nn.Module):
         if d % heads:
             raise ConfigError(f"omnisat d_model {d} must be a multiple of heads ({heads})")
         self.heads, self.dropout = heads, dropout
-        self.key, self.value, self.proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        # q, k, v: the names LoRA adapts (`sits finetune --mode lora`)
+        self.k, self.v, self.proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         if learned_query:
-            self.query = None
+            self.q = None
             self.token = nn.Parameter(torch.zeros(d))
             nn.init.trunc_normal_(self.token, std=0.02)
             self.bias = nn.Parameter(-torch.arange(n_buckets(ratio), dtype=torch.float32).expand(heads, -1).clone())
         else:
-            self.query = nn.Linear(d, d)
+            self.q = nn.Linear(d, d)
             self.table = nn.Parameter(torch.zeros(n_buckets(ratio), d // heads))
             nn.init.trunc_normal_(self.table, std=0.02)
 
@@ -340,12 +352,12 @@ class RelativeAttention(nn.Module):
 
     def forward(self, queries: Tensor | None, memory: Tensor, buckets: Tensor) -> Tensor:
         b = memory.shape[0]
-        k, v = self._split(self.key(memory)), self._split(self.value(memory))     # (B, h, K, dh)
-        if self.query is None:
+        k, v = self._split(self.k(memory)), self._split(self.v(memory))           # (B, h, K, dh)
+        if self.q is None:
             q = self._split(self.token[None, None]).expand(b, -1, buckets.shape[0], -1)   # (B, h, Q, dh)
             bias = self.bias[:, buckets][None]                                        # (1, h, Q, K)
         else:
-            q = self._split(self.query(queries))                                      # (B, h, Q, dh)
+            q = self._split(self.q(queries))                                          # (B, h, Q, dh)
             relative = q @ self.table.t()                                             # (B, h, Q, n_buckets)
             bias = relative.gather(-1, buckets.expand(b, self.heads, -1, -1)) / math.sqrt(q.shape[-1])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
@@ -353,9 +365,16 @@ class RelativeAttention(nn.Module):
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
-def feed_forward(d: int, ratio: float, dropout: float) -> nn.Sequential:
-    hidden = int(round(d * ratio))
-    return nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d), nn.Dropout(dropout))
+class FeedForward(nn.Module):
+    """Linear (d -> ratio d) - GELU - dropout - Linear - dropout: (..., d) -> (..., d)."""
+
+    def __init__(self, d: int, ratio: float, dropout: float):
+        super().__init__()
+        hidden = int(round(d * ratio))
+        self.fc1, self.fc2, self.dropout = nn.Linear(d, hidden), nn.Linear(hidden, d), nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
 
 class SelfBlock(nn.Module):
@@ -365,7 +384,7 @@ class SelfBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attention = RelativeAttention(d, heads, ratio, dropout)
-        self.mlp = feed_forward(d, mlp_ratio, dropout)
+        self.mlp = FeedForward(d, mlp_ratio, dropout)
 
     def forward(self, x: Tensor, buckets: Tensor) -> Tensor:
         y = self.norm1(x)
@@ -381,7 +400,7 @@ class CombiningBlock(nn.Module):
         super().__init__()
         self.norm_memory, self.norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attention = RelativeAttention(d, heads, ratio, dropout, learned_query=True)
-        self.mlp = feed_forward(d, mlp_ratio, dropout)
+        self.mlp = FeedForward(d, mlp_ratio, dropout)
 
     def forward(self, tokens: Tensor, buckets: Tensor) -> Tensor:
         x = self.attention.token + self.attention(None, self.norm_memory(tokens), buckets)
