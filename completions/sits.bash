@@ -18,17 +18,17 @@ _sits_words() {
         "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --class-weights --eval-date-shift --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
+        "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --class-weights --eval-date-shift --modalities --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits info") words="--json --help -h"; subs="" ;;
-        "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --block --batch-size --device --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --s1 --vhr --config --json --help -h"; subs="" ;;
         "sits prepare") words="s2 sitsbert-csv synthetic table timesen2crop --help -h"; subs="s2 sitsbert-csv synthetic table timesen2crop" ;;
         "sits prepare s2") words="--out -o --labels -l --class-field -c --color-field --bands --aoi --dates --tile --valid-scl --buffer --max-per-polygon --unlabeled --patch-size --s1 --s1-orbit --s1-units --planetscope --vhr --vhr-bands --vhr-resolution --keep-cloudy --no-keep-cloudy --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare sitsbert-csv") words="--out -o --val --test --unlabeled --bands --year --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare synthetic") words="--out -o --layout --size --seed --difficulty --years --zipped --no-zipped --baseline --workers --sensors --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare table") words="--out -o --layout --id-col --date-col --label-col --band-cols --lon-col --lat-col --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --resume --overwrite --config --help -h"; subs="" ;;
-        "sits probe") words="--from --out -o --class-weights --eval-date-shift --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
+        "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --modalities --resume --overwrite --config --help -h"; subs="" ;;
+        "sits probe") words="--from --out -o --class-weights --eval-date-shift --modalities --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
         *) words=""; subs="" ;;
     esac
 }

@@ -295,3 +295,123 @@ def test_fine_tuned_dense_classifier_beats_chance_widely():
     with torch.no_grad():
         accuracy = (model.eval()(test).argmax(1) == test["y"]).float().mean().item()
     assert accuracy > 0.8            # chance: 1/3
+
+
+# ---- through the CLI, on the synthetic three-sensor scene -------------------------------------------
+
+CLI_HPARAMS = [f"--hparam={k}={v}" for k, v in {**TINY, "ltae_in": "[8,16]", "ltae_mlp": "[16,16]"}.items()]
+TRAIN = ["--epochs", "2", "--batch-size", "4", "--lr", "0.003", "--seed", "0"]
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    from tests._cli import sits
+
+    return lambda *args: sits(monkeypatch, capsys, *args)
+
+
+def run(*args) -> None:
+    """`sits ARGS` in-process for module fixtures (no capsys there); fails the test on a non-zero exit."""
+    import sys
+    from unittest import mock
+
+    from sitscli.cli.app import main
+
+    with mock.patch.object(sys, "argv", ["sits", *map(str, args)]):
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, f"sits {' '.join(map(str, args))} exited with {exc.code}"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """The synthetic scene seen by Sentinel-2, Sentinel-1 and a 1 m ortho, cut into 8 x 8 tiles."""
+    from sitscli.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("omnisat")
+    s = write_synthetic(root / "scene", size=32, seed=3, years=1, sensors=("s2", "s1", "vhr"))
+    run("prepare", "s2", s.l2a, "--labels", s.parcels, "--class-field", s.class_field, "--out", root / "tiles.sits",
+        "--patch-size", 8, "--s1", s.s1, "--vhr", s.vhr)
+    return s, root / "tiles.sits"
+
+
+@pytest.fixture(scope="module")
+def pretrained(scene, tmp_path_factory):
+    """A tiny OmniSat pre-trained on the three sensors, and one on Sentinel-2 alone."""
+    runs = tmp_path_factory.mktemp("runs")
+    for name, extra in (("mm", []), ("s2", ["--modalities", "s2"])):
+        run("pretrain", scene[1], "--model", "omnisat", "--out", runs / name, *CLI_HPARAMS, *TRAIN, *extra)
+    return runs / "mm", runs / "s2"
+
+
+def test_cli_pretrain_three_sensors_then_finetune_probe_and_map_with_all_or_sentinel2_alone(cli, scene, pretrained, tmp_path):
+    import json
+
+    import rasterio
+    import yaml
+
+    from sitscli.data.readers import open_source
+
+    s, data = scene
+    mm, _ = pretrained
+    card = yaml.safe_load((mm / "model.yaml").read_text())
+    assert card["extra"]["modalities"] == ["s2", "s1", "vhr"] and set(card["data"]["modalities"]) == {"s1", "vhr"}
+    history = json.loads((mm / "history.json").read_text())["epochs"]
+    assert {"train_con", "train_rec_vhr", "val_rec_s2"} <= set(history[0])
+    for name, extra in (("all", []), ("s2", ["--modalities", "s2"])):
+        code, out, err = cli("finetune", data, "--from", mm, "--out", tmp_path / name, *TRAIN, "--json", *extra)
+        assert code == 0, err
+        assert json.loads(out)["samples"] > 0
+    assert yaml.safe_load((tmp_path / "s2" / "model.yaml").read_text())["extra"]["modalities"] == ["s2"]
+    code, out, err = cli("probe", data, "--from", mm, "--out", tmp_path / "probe", *TRAIN, "--modalities", "s2")
+    assert code == 0, err
+    grid = open_source(s.l2a).grid
+    maps = {}
+    for name, run_dir, extra in (("all", "all", ["--s1", s.s1, "--vhr", s.vhr]), ("s2", "s2", []), ("mm-s2", "all", [])):
+        code, out, err = cli("predict-map", s.l2a, "--model", tmp_path / run_dir, "--out", tmp_path / f"{name}.tif", *extra)
+        assert code == 0, err
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            assert ds.crs == grid.crs and ds.transform == grid.transform
+            maps[name] = ds.read(1)
+    for classes in maps.values():                        # one class per 2 x 2 patch: a map at patch resolution
+        blocks = classes.reshape(16, 2, 16, 2).transpose(0, 2, 1, 3).reshape(256, 4)
+        observed = (blocks != 255).all(1)
+        assert observed.mean() > 0.9 and (blocks[observed] == blocks[observed][:, :1]).all()
+
+
+def test_cli_tile_multilabel_classification_reports_weighted_f1(cli, scene, pretrained, tmp_path):
+    import json
+
+    code, out, err = cli("finetune", scene[1], "--from", pretrained[0], "--out", tmp_path / "tile", *TRAIN,
+                         "--hparam", "task=tile", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["multilabel"] and 0 <= report["weighted_f1"] <= 1 and "confusion" not in report
+    assert (tmp_path / "tile" / "per_class.csv").is_file()
+    code, _, err = cli("predict-map", scene[0].l2a, "--model", tmp_path / "tile", "--out", tmp_path / "m.tif")
+    assert code != 0 and "task=dense" in err and not (tmp_path / "m.tif").exists()
+
+
+@pytest.mark.parametrize("case", ["missing-sensor", "grid", "not-pretrained-with", "map-unknown-sensor"])
+def test_cli_bad_inputs_one_line_and_nothing_left(cli, scene, pretrained, tmp_path, case):
+    s, data = scene
+    out = tmp_path / "run"
+    if case == "missing-sensor":
+        s2_only_data = tmp_path / "s2.sits"
+        assert cli("prepare", "s2", s.l2a, "--labels", s.parcels, "--class-field", s.class_field, "--out", s2_only_data,
+                   "--patch-size", 8)[0] == 0
+        args, expected = ("pretrain", s2_only_data, "--model", "omnisat", "--modalities", "s2,s1"), "no s1 data"
+    elif case == "grid":
+        args, expected = ("pretrain", data, "--model", "omnisat", *CLI_HPARAMS, "--hparam", "patch=3"), "do not divide"
+    elif case == "not-pretrained-with":
+        args, expected = ("finetune", data, "--from", pretrained[1], "--modalities", "s2,vhr"), "without vhr"
+    else:
+        s2_run = tmp_path / "s2run"
+        assert cli("finetune", data, "--from", pretrained[1], "--out", s2_run, *TRAIN)[0] == 0
+        args, expected = ("predict-map", s.l2a, "--model", s2_run, "--vhr", s.vhr), "trained without vhr"
+        out = tmp_path / "map.tif"
+    code, _, err = cli(*args, "--out", out, *TRAIN[:4] if args[0] != "predict-map" else ())
+    last = err.strip().splitlines()[-1]
+    assert code != 0 and last.startswith("error:") and expected in last     # one line says what is wrong
+    assert not out.exists()

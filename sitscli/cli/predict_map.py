@@ -37,6 +37,8 @@ def predict_map_command(
     compress: Optional[str] = typer.Option(None, "--compress", help="deflate (default), zstd or lzw."),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run: finished blocks are kept."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite/--no-overwrite", help="Replace existing outputs."),
+    s1: Optional[Path] = typer.Option(None, "--s1", help="Sentinel-1 backscatter folder, for a model trained with it (OmniSat)."),
+    vhr: Optional[Path] = typer.Option(None, "--vhr", help="Very-high-resolution ortho image or folder of tiles, for a model trained with it."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags given here win."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -48,7 +50,7 @@ def predict_map_command(
         "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
         "bands": band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
         "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress,
-        "resume": resume, "overwrite": overwrite,
+        "resume": resume, "overwrite": overwrite, "s1": s1, "vhr": vhr,
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = predict_map(source, model=model, out=out, **options)
