@@ -435,8 +435,12 @@ class OmniSatEncoder(nn.Module):
     """Modality encoders + combiner: a patch batch -> (B, N, d) embeddings on a rows x cols patch grid.
 
     Uses the modalities it was built with that are in the batch: values/dates/valid (S2, always),
-    s1_values/s1_dates/s1_valid, vhr_values/vhr_valid.
+    s1_values/s1_dates/s1_valid, vhr_values/vhr_valid. So a step may leave encoders (and, in
+    pre-training, decoders of modalities with no masked token) unused: `partial_steps` tells
+    distributed training to expect it.
     """
+
+    partial_steps = True
 
     def __init__(self, info: DataInfo, h: dict[str, Any]):
         super().__init__()

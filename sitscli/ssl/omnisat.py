@@ -101,11 +101,12 @@ class OmniSatTask:
         self.val_generator = torch.Generator().manual_seed(self.seed * 100003 + 2**31 - 1)
 
     def losses(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> dict[str, Tensor]:
-        """con, rec, rec_<modality> and their sum under "loss"."""
+        """con, rec, rec_<modality> and the sum of those switched on under "loss" (a loss switched off
+        is still computed and logged, so that runs compare)."""
         out = model(batch, self.mask_ratio, generator)
         parts: dict[str, Tensor] = {}
         zero = out["tokens"].sum() * 0.0
-        parts["con"] = contrastive_loss(out["tokens"], self.temperature) if self.use_contrastive else zero
+        parts["con"] = contrastive_loss(out["tokens"], self.temperature)
         rec = zero
         for name in out["names"]:
             value = self.modality_loss(name, out["encoded"][name], *out["rebuilt"][name])
