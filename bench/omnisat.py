@@ -1,6 +1,6 @@
 """OmniSat: what pre-training on three sensors gives a model that then sees Sentinel-2 alone.
 
-    python bench/omnisat.py [--size 80] [--tile 8] [--patch 2] [--pretrain-epochs 8] [--eval-epochs 10]
+    python bench/omnisat.py [--size 80] [--tile 8] [--patch 2] [--fractions 0.5,0.15,0.35] [--pretrain-epochs 8] [--eval-epochs 10]
                             [--scarce-epochs 30] [--pretrain-lr 1e-3] [--probe-lr 3e-3] [--finetune-lr 1e-3]
                             [--share 0.1] [--threads 2] [--paper-steps 2] [--workdir DIR]
 
@@ -73,7 +73,8 @@ def make_data(work: Path, args: argparse.Namespace) -> tuple[Path, Path, dict]:
     scene = write_synthetic(work / "scene", size=args.size, seed=args.data_seed, years=1, layout="cog",
                             sensors=("s2", "s1", "vhr"))
     full = prepare_s2(scene.l2a, work / "tiles.sits", labels=scene.parcels, class_field=scene.class_field,
-                      patch_size=args.tile, seed=args.data_seed, sensors=SensorInputs(s1=scene.s1, vhr=scene.vhr))
+                      patch_size=args.tile, seed=args.data_seed, fractions=args.fractions,
+                      sensors=SensorInputs(s1=scene.s1, vhr=scene.vhr))
     scarce = work / "scarce.sits"
     shutil.copytree(full, scarce)
     import zarr
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=8, help="tile side (S2 px): the prepared --patch-size")
     parser.add_argument("--patch", type=int, default=2, help="OmniSat patch side (S2 px)")
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--fractions", type=lambda s: [float(v) for v in s.split(",")], default=[0.5, 0.15, 0.35],
+                        help="train,val,test shares of the parcels (a large test split: scores are per pixel of few tiles)")
     parser.add_argument("--share", type=float, default=0.1, help="share of the train tiles labelled in the scarce copy")
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--eval-epochs", type=int, default=10, help="probe / fine-tuning epochs with all labels")
