@@ -23,7 +23,10 @@ read from the authors' configuration (github.com/gastruc/OmniSat, `configs/model
   patches (iRPE, Wu et al. ICCV 2021: contextual mode on the keys, shared by the heads, the
   distance bucketed by their piecewise index with ratio 1.9, as the reference), then one
   cross-attention from N copies of a learned combining token, each placed at its patch, to the
-  tokens: one multimodal embedding per patch.
+  tokens: one multimodal embedding per patch. The combining token being one fixed vector, its
+  contextual term is one scalar per head and distance bucket: learnt as such, starting at
+  -bucket (each copy first attends most to its own patch's tokens; from an even start every copy
+  averages the whole tile, the same for all patches, until the product of two small vectors grows).
 - Heads: `task: dense` one linear layer per patch (its class repeated over the patch's pixels, so
   the engine's per-pixel cross-entropy and reports apply); `task: tile` the mean of the patch
   embeddings and one linear layer of K logits for multi-label tile classification (TreeSatAI).
