@@ -17,11 +17,12 @@ from sitscli.core.errors import ConfigError
 
 def print_report(report: dict) -> None:
     """The test report on stdout: a rich table on a terminal, plain aligned text otherwise."""
+    from sitscli.engine.metrics import report_summary
+
     rows = [(c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
             for c in report["per_class"]]
     header = ("class", "precision", "recall", "F1", "support")
-    summary = (f"{report['split']} split, {report['samples']:,} samples: OA {report['oa']:.4f}  kappa {report['kappa']:.4f}  "
-               f"AA {report['aa']:.4f}  macro-F1 {report['macro_f1']:.4f}")
+    summary = f"{report['split']} split, {report['samples']:,} samples: {report_summary(report)}"
     shifts = report.get("date_shift") or {}
     if sys.stdout.isatty():
         from rich.console import Console
@@ -82,6 +83,7 @@ def finetune_command(
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Layers to adapt: qkv (default) or qkv,ffn."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="none (default) | balanced (inverse class frequency)."),
     eval_date_shift: Optional[str] = typer.Option(None, "--eval-date-shift", help="Also score with dates moved by these days, e.g. 0,1,2,3,5."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Sensors to feed, e.g. s2,s1,vhr (default: every sensor of the data the model uses)."),
     evaluate: Optional[Path] = typer.Option(None, "--evaluate", help="Only score this existing classifier run on DATA's test split."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the model's paper setting)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),
@@ -113,7 +115,7 @@ def finetune_command(
         out=out, config_file=config_file, resume=resume, overwrite=overwrite,
         data=dataset, model=model, from_run=str(from_run) if from_run else None, mode=mode, pooling=pooling,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-        class_weights=class_weights, eval_date_shift=eval_date_shift,
+        class_weights=class_weights, eval_date_shift=eval_date_shift, modalities=modalities,
         **training_flags(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, device=device, seed=seed,
                          num_workers=num_workers, hparam=hparam))
     finish_run(result, "finetune")

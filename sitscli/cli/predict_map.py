@@ -40,6 +40,9 @@ def predict_map_command(
     compress: Optional[str] = COMPRESS_OPTION,
     resume: Optional[bool] = RESUME_BLOCKS_OPTION,
     overwrite: Optional[bool] = OVERWRITE_OPTION,
+    s1: Optional[Path] = typer.Option(None, "--s1", help="Sentinel-1 backscatter folder, for a model trained with it (OmniSat)."),
+    vhr: Optional[Path] = typer.Option(None, "--vhr", help="Very-high-resolution ortho image or folder of tiles, for a "
+                                       "model trained with it."),
     config_file: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -51,7 +54,7 @@ def predict_map_command(
         "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
         "bands": band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
         "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress, "colors": colors,
-        "resume": resume, "overwrite": overwrite,
+        "resume": resume, "overwrite": overwrite, "s1": s1, "vhr": vhr,
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)
     summary = predict_map(source, model=model, out=out, **options)

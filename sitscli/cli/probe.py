@@ -19,6 +19,7 @@ def probe_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (model, report, curves)."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="none (default) | balanced (inverse class frequency)."),
     eval_date_shift: Optional[str] = typer.Option(None, "--eval-date-shift", help="Also score with dates moved by these days, e.g. 0,1,2,3,5."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Sensors to feed, e.g. s2,s1,vhr (default: every sensor of the data the model uses)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 1e-4, ALISE's probing)."),
@@ -36,7 +37,7 @@ def probe_command(
 
     result = probe(out=out, config_file=config_file, resume=resume, overwrite=overwrite,
                    data=str(data) if data else None, from_run=str(from_run) if from_run else None,
-                   class_weights=class_weights, eval_date_shift=eval_date_shift,
+                   class_weights=class_weights, eval_date_shift=eval_date_shift, modalities=modalities,
                    **training_flags(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, device=device,
                                     seed=seed, num_workers=num_workers, hparam=None))
     finish_run(result, "probe")

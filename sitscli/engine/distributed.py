@@ -62,10 +62,16 @@ def teardown(ctx: DistContext) -> None:
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """DDP-wrap for a distributed run (rank 0's weights are broadcast to all), else unchanged."""
+    """DDP-wrap for a distributed run (rank 0's weights are broadcast to all), else unchanged.
+
+    A model that may leave some of its parameters out of a step (`partial_steps` True: a multi-sensor
+    model fed a subset of its sensors, a pretext that decodes only the masked modalities) makes DDP
+    look for them each step (find_unused_parameters), which costs a graph traversal."""
     if not ctx.distributed:
         return model
-    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    partial = any(getattr(m, "partial_steps", False) for m in model.modules())
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                   find_unused_parameters=partial)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

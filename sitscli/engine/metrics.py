@@ -53,6 +53,54 @@ def predict_labels(model: nn.Module, dataset: Dataset, collate_fn: Callable, *, 
     return torch.cat(trues).numpy().astype(np.int64), torch.cat(preds).numpy().astype(np.int64)
 
 
+@torch.no_grad()
+def predict_multilabel(model: nn.Module, dataset: Dataset, collate_fn: Callable, *, device: torch.device,
+                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Classes present (`y_tile` (B, K)) and predicted (logit > 0, probability > 0.5) of every sample of
+    `dataset`, for a multi-label classifier whose `model(batch)` gives logits (B, K). Returns (n, K) bool each."""
+    model.eval()
+    trues, preds = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        preds.append((model(batch) > 0).cpu())
+        trues.append(batch["y_tile"].bool().cpu())
+    if not trues:
+        return np.zeros((0, 0), bool), np.zeros((0, 0), bool)
+    return torch.cat(trues).numpy(), torch.cat(preds).numpy()
+
+
+def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
+    """Scores of multi-label predictions (n, K) bool against the classes present (n, K) bool.
+
+    Returns {"multilabel": True, "samples", "oa" (share of right sample-class decisions), "weighted_f1"
+    (per-class F1 weighted by support, TreeSatAI's headline score), "macro_f1", "micro_f1", "per_class"}.
+    """
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    n = int(y_true.shape[0])
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    scores = {avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0)) if n else float("nan")
+              for avg in ("weighted", "macro", "micro")}
+    return {
+        "multilabel": True,
+        "samples": n,
+        "oa": float((y_true == y_pred).mean()) if n else float("nan"),
+        "weighted_f1": scores["weighted"], "macro_f1": scores["macro"], "micro_f1": scores["micro"],
+        "per_class": [{"class": i, "name": name, "precision": float(precision[i]), "recall": float(recall[i]),
+                       "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(class_names)],
+    }
+
+
+def report_summary(report: dict) -> str:
+    """One line of a report's scores (single-label or multi-label)."""
+    if report.get("multilabel"):
+        return (f"weighted-F1 {report['weighted_f1']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+                f"micro-F1 {report['micro_f1']:.4f}  label accuracy {report['oa']:.4f}")
+    return (f"OA {report['oa']:.4f}  kappa {report['kappa']:.4f}  AA {report['aa']:.4f}  "
+            f"macro-F1 {report['macro_f1']:.4f}")
+
+
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     """Scores of predictions against references (class ids 0..K-1, (n,) each).
 
@@ -95,7 +143,8 @@ def _kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def write_report(run_dir: Path, report: dict, class_names: list[str]) -> None:
-    """RUN/metrics.json (the whole report), RUN/per_class.csv and RUN/confusion.png, each atomically."""
+    """RUN/metrics.json (the whole report), RUN/per_class.csv and RUN/confusion.png (single-label
+    reports), each atomically."""
     run_dir = Path(run_dir)
     with atomic_output(run_dir / METRICS_FILE, overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
@@ -105,6 +154,8 @@ def write_report(run_dir: Path, report: dict, class_names: list[str]) -> None:
     writer.writerows(report["per_class"])
     with atomic_output(run_dir / PER_CLASS_FILE, overwrite=True) as tmp:
         tmp.write_text(text.getvalue())
+    if "confusion" not in report:   # multi-label: no confusion matrix
+        return
     plot_confusion(np.asarray(report["confusion"]), class_names, run_dir / CONFUSION_FILE,
                    title=f"{report.get('split', 'test')}: OA {report['oa']:.3f}, kappa {report['kappa']:.3f}")
 

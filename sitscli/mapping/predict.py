@@ -10,8 +10,10 @@ The pieces, from the inside out:
 - `write_map`: runs the blocks into resumable partial rasters (`sitscli.mapping.blocks`) and
   renames them into place when every block is done.
 
-A patch model (ALISE) will add a `PatchClassifier` with the same `predict_window` signature
-(overlapping tiles read around the window, borders blended); `write_map` does not change.
+- `PatchClassifier`: the same for a patch model (OmniSat, ALISE): the window cut into the model's
+  tiles, each tile classified whole, with the other sensors (Sentinel-1, VHR) read under the window
+  when the model uses them. Tiles do not overlap (no blending: OmniSat's patches are disjoint by
+  design; an ALISE map shows its tile borders).
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ class PixelClassifier:
         self.compact, self.max_len = compact, max_len
         self.batch_size, self.device = batch_size, device
 
-    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray,
+                       window: Window | None = None) -> np.ndarray:
         """values (T, C, h, w), valid (T, h, w), dates (T,), xy (h * w, 2) -> probabilities (K, h, w)
-        float32, NaN where a pixel has no valid observation."""
+        float32, NaN where a pixel has no valid observation. `window` (where the block lies) is for
+        classifiers that read more there (`PatchClassifier`); a pixel's series is all this one needs."""
         t, c, h, w = values.shape
         observed = np.flatnonzero(valid.any(axis=0).ravel())          # (N,) pixels with a clear date
         probs = np.full((h * w, self.num_classes), np.nan, dtype=np.float32)
@@ -144,6 +148,73 @@ class PixelClassifier:
             raise SitsError(f"{self.device} out of memory with a batch of one pixel: use a smaller model or --device cpu")
         self.batch_size //= 2
         log(f"{self.device} out of memory: batch size halved to {self.batch_size}, going on")
+
+
+class PatchClassifier:
+    """Classifies every pixel of a window with a patch model (spec.input == "patch").
+
+    The window is padded (invalid) to whole tiles of `tile` x `tile` pixels and cut into them; a tile
+    is one model sample: values (n, T, C, tile, tile) and, for each other sensor in `others`
+    (batch prefix -> a cube on the same grid whose `read(window)` gives its block: `open_s1`,
+    `open_vhr`), its block under the tile. The model's per-pixel logits (n, K, tile, tile) become
+    probabilities, NaN where a pixel has no valid Sentinel-2 observation. Windows must start on the
+    tile grid (blocks a multiple of `tile`) for tiles to line up across windows.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, *, tile: int, batch_size: int, device: torch.device,
+                 others: dict[str, Cube] | None = None):
+        self.model, self.num_classes, self.tile = model, num_classes, tile
+        self.batch_size, self.device, self.others = max(1, batch_size), device, dict(others or {})
+
+    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray,
+                       window: Window | None = None) -> np.ndarray:
+        """values (T, C, h, w), valid (T, h, w), dates (T,), xy (h * w, 2) of `window` -> probabilities
+        (K, h, w) float32, NaN where a pixel has no valid observation."""
+        h, w = values.shape[-2:]
+        tiles = {"values": _tiles(values, self.tile), "valid": _tiles(valid, self.tile)}   # (n, T, ..., tile, tile)
+        n = tiles["values"].shape[0]
+        tiles["dates"] = np.broadcast_to(dates, (n, len(dates)))
+        for prefix, cube in self.others.items():
+            if window is None:
+                raise ValueError("PatchClassifier reads its other sensors under the window: give window=")
+            other, other_valid = cube.read(window)
+            factor = other.shape[-1] // w                             # fine pixels per Sentinel-2 pixel
+            tiles[f"{prefix}_values"] = _tiles(other, self.tile * factor)
+            tiles[f"{prefix}_valid"] = _tiles(other_valid, self.tile * factor)
+            if getattr(cube, "dates", None) is not None and other.ndim == 4:   # a time series
+                tiles[f"{prefix}_dates"] = np.broadcast_to(cube.dates, (n, len(cube.dates)))
+        probs = np.concatenate([self._probabilities({k: v[i:i + self.batch_size] for k, v in tiles.items()})
+                                for i in range(0, n, self.batch_size)])          # (n, K, tile, tile)
+        probs = _untile(probs, -(-h // self.tile), -(-w // self.tile))[:, :h, :w]
+        probs[:, ~valid.any(axis=0)] = np.nan
+        return probs
+
+    @torch.inference_mode()
+    def _probabilities(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in arrays.items()}
+        for key in [k for k in batch if k == "dates" or k.endswith("_dates")]:
+            batch[key] = batch[key].long()                              # int64 days, as `collate` gives
+        with autocast(self.device):
+            logits = self.model(batch)                                  # (n, K, tile, tile)
+        return logits.float().softmax(dim=1).cpu().numpy()
+
+
+def _tiles(array: np.ndarray, tile: int) -> np.ndarray:
+    """(..., h, w) -> (n, ..., tile, tile): zero-padded (False for masks) to whole tiles, row-major."""
+    h, w = array.shape[-2:]
+    rows, cols = -(-h // tile), -(-w // tile)
+    padded = np.zeros(array.shape[:-2] + (rows * tile, cols * tile), dtype=array.dtype)
+    padded[..., :h, :w] = array
+    lead = array.ndim - 2
+    split = padded.reshape(padded.shape[:-2] + (rows, tile, cols, tile))
+    order = (lead, lead + 2, *range(lead), lead + 1, lead + 3)                 # rows, cols, lead..., tile, tile
+    return split.transpose(order).reshape((rows * cols,) + array.shape[:-2] + (tile, tile))
+
+
+def _untile(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows * cols, K, tile, tile) -> (K, rows * tile, cols * tile): the inverse of `_tiles`."""
+    n, k, tile, _ = tiles.shape
+    return tiles.reshape(rows, cols, k, tile, tile).transpose(2, 0, 3, 1, 4).reshape(k, rows * tile, cols * tile)
 
 
 def prefetch(cube: Cube, blocks: list[tuple[int, Window]], depth: int = 1) -> Iterator[tuple[int, Window, np.ndarray, np.ndarray]]:
@@ -222,7 +293,8 @@ def scaled(spec: RasterSpec, reduce: Callable[[np.ndarray], np.ndarray] = lambda
     return encode
 
 
-def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget], *, block: int,
+def write_map(cube: Cube, classifier: PixelClassifier | PatchClassifier,
+              targets: list[MapTarget], *, block: int,
               fingerprint: dict, resume: bool = False, cog: bool = True, compress: str = "deflate",
               after_block: Callable[[int], None] | None = None,
               after_publish: Callable[[Path], None] | None = None, label: str = "predict-map") -> dict:
@@ -261,7 +333,8 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
         with Progress(len(blocks), label) as bar:
             bar.advance(skipped)
             for index, window, values, valid in prefetch(cube, todo):
-                probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window))
+                probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window),
+                                                  window=window)
                 for target, partial in zip(targets, partials):
                     geotiff.write_window(partial, window, target.encode(probs))
                 state.mark(index, int((~np.isnan(probs[0])).sum()))

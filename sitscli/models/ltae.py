@@ -83,14 +83,19 @@ class MasterQueryAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        return self.attend(x, keep)[0]
+
+    def attend(self, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (output (B, D), attention weights (B, H, T) before dropout; 0 on padding)."""
         b, t, d = x.shape
         k = self.key(x).view(b, t, self.n_head, self.d_k)                     # (B, T, H, d_k)
         scores = torch.einsum("hk,bthk->bht", self.query, k) / math.sqrt(self.d_k)   # (B, H, T)
         # A finite fill keeps an all-padding row finite; its weights are then zeroed below.
         scores = scores.masked_fill(~keep[:, None, :], torch.finfo(scores.dtype).min)
-        weights = self.dropout(scores.softmax(-1) * keep[:, None, :])        # (B, H, T)
+        weights = scores.softmax(-1) * keep[:, None, :]                       # (B, H, T)
         v = x.view(b, t, self.n_head, d // self.n_head)                      # (B, T, H, D/H)
-        return torch.einsum("bht,bthv->bhv", weights, v).reshape(b, d)       # heads concatenated
+        out = torch.einsum("bht,bthv->bhv", self.dropout(weights), v).reshape(b, d)   # heads concatenated
+        return out, weights
 
 
 class LTAEEncoder(nn.Module):
@@ -112,10 +117,15 @@ class LTAEEncoder(nn.Module):
         self.out_dim = int(mlp[-1])
 
     def forward(self, x: Tensor, days: Tensor, keep: Tensor) -> Tensor:
+        return self.encode(x, days, keep)[0]
+
+    def encode(self, x: Tensor, days: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (features (B, out_dim), attention (B, n_head, T) of the master queries, 0 on padding)."""
         x = self.proj_norm(self.in_proj(self.in_norm(x)))                    # (B, T, D)
         pos = sinusoid(days, x.shape[-1] // self.n_head, self.period)        # (B, T, D/H)
         x = x + pos.repeat(1, 1, self.n_head)                                # same encoding for each head
-        return self.out_norm(self.dropout(self.mlp(self.attention(x, keep))))   # (B, out_dim)
+        out, weights = self.attention.attend(x, keep)
+        return self.out_norm(self.dropout(self.mlp(out))), weights
 
 
 def check_hparams(d_model: int, n_head: int, d_k: int, mlp_sizes: Sequence[int], dropout: float, T: float) -> None:

@@ -42,21 +42,23 @@ from sitscli.core.errors import CheckpointError, ConfigError, DataContentError
 from sitscli.core.io import check_output
 from sitscli.core.progress import log
 from sitscli.data.batch import collate
+from sitscli.data.modalities import S2
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import (ModelCard, check_bands, check_classes, check_modalities, load_model, read_card,
                                       save_model)
 from sitscli.engine.device import resolve_device
-from sitscli.engine.metrics import classification_report, predict_labels, write_report
+from sitscli.engine.metrics import (classification_report, multilabel_report, predict_labels, predict_multilabel,
+                                    report_summary, write_report)
 from sitscli.engine.trainer import FitResult, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.heads import POOLINGS
 from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, merge_lora, parse_targets
 from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.workflows.pretrain import (Fraction, PathText, RunResult, check_input_kind, check_run_output,
-                                        is_main_process, model_training_defaults, resolve_run_options,
-                                        resumes_training, run_directory, series_dataset, train_config,
-                                        warn_folded_years)
+                                        fed_modalities, is_main_process, model_training_defaults,
+                                        resolve_run_options, resumes_training, run_directory, series_dataset,
+                                        train_config, warn_folded_years)
 
 MODES = ("full", "frozen", "lora")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -84,6 +86,7 @@ class FinetuneOptions(BaseModel):
     # share of the training parcels (groups) held out for choosing the epoch when the dataset has
     # no val split; not from a paper: 10 % keeps most labels for training
     val_fraction: Fraction = 0.1
+    modalities: str | None = None         # the sensors to feed ("s2,s1,vhr"); None = every one the model can use
 
 
 # The epoch kept is the one of the best validation accuracy (module docstring).
@@ -117,6 +120,21 @@ class ClassificationTask:
         labelled = y >= 0
         correct = (logits.argmax(1) == y)[labelled]
         return {"loss": self._loss(logits, y).item(), "oa": correct.float().mean().item() if correct.numel() else 0.0}
+
+
+class MultiLabelTask:
+    """Tile classification (several classes per sample): binary cross-entropy of the logits (B, K)
+    against `y_tile` (B, K), the classes present in each sample. `oa` is the share of right
+    (sample, class) decisions at probability 0.5."""
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return F.binary_cross_entropy_with_logits(model(batch).float(), batch["y_tile"].float()), {}
+
+    @torch.no_grad()
+    def validation_step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        logits, target = model(batch).float(), batch["y_tile"]
+        return {"loss": F.binary_cross_entropy_with_logits(logits, target.float()).item(),
+                "oa": ((logits > 0) == target).float().mean().item()}
 
 
 class FrozenEncoder(nn.Module):
@@ -158,16 +176,17 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
     if from_card is not None:
         check_bands(from_card, prepared.band_names)
         check_modalities(from_card, prepared.modalities)
+    fed = _fed(prepared, spec, options["modalities"], from_card)
     cfg = train_config(options)
-    train_set = series_dataset(prepared, spec, ("train",), labeled_only=True)
+    train_set = series_dataset(prepared, spec, ("train",), labeled_only=True, modalities=fed)
     if len(train_set) == 0:
         raise DataContentError(f"the train split of {prepared.path} has no labelled sample: nothing to fine-tune on")
-    report_split(prepared, spec, warn=False)   # refuse before training when there is nothing to report on
-    val_set: Dataset = series_dataset(prepared, spec, ("val",), labeled_only=True)
+    report_split(prepared, spec, warn=False, modalities=fed)   # refuse before training when there is nothing to report on
+    val_set: Dataset = series_dataset(prepared, spec, ("val",), labeled_only=True, modalities=fed)
     if len(val_set) == 0:
         train_set, val_set = hold_out_groups(train_set, prepared, options["val_fraction"], cfg.seed)
 
-    info = _classifier_info(prepared, from_card)
+    info = _classifier_info(prepared, from_card, fed)
     hparams = _hparams(options, spec, from_card)
     warn_folded_years(prepared, spec, {**spec.defaults, **hparams})
     warn_scarce_classes(prepared)
@@ -179,7 +198,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
         classifier.set_training_size(len(train_set))
     _check_single_process(spec, classifier)
     trained, trainable = _prepare_mode(classifier, options)
-    task = ClassificationTask(class_weights(prepared, options["class_weights"]), getattr(classifier, "training_loss", None))
+    task = (MultiLabelTask() if getattr(classifier, "multilabel", False) else
+            ClassificationTask(class_weights(prepared, options["class_weights"]), getattr(classifier, "training_loss", None)))
     n_trainable = sum(p.numel() for p in trainable)
 
     with run_directory(run_dir, options, resume=resume is not None):
@@ -197,17 +217,17 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
         if options["mode"] == "lora":
             merge_lora(classifier)
         report = evaluate(classifier, prepared, spec, info.class_names, date_shifts=options["eval_date_shift"],
-                          device=_device_of(classifier, cfg.device), batch_size=cfg.batch_size)
+                          device=_device_of(classifier, cfg.device), batch_size=cfg.batch_size, modalities=fed)
         write_report(run_dir, report, info.class_names)
-        extra = {"mode": options["mode"], "from_run": str(from_card.run_dir) if from_card else None,
+        extra = {"mode": options["mode"], "from_run": str(from_card.run_dir) if from_card else None, "modalities": list(fed),
+                 "patch_size": prepared.patch_size,
                  "best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_metric,
                  f"{report['split']}_oa": report["oa"]}
         if options["mode"] == "lora":
             extra["lora"] = {k: options[f"lora_{k}"] for k in ("rank", "alpha", "dropout", "targets")} | {"merged": True}
         save_model(run_dir, classifier.cpu(), model_name=spec.name, hparams={**spec.defaults, **hparams}, info=info,
                    task="classify", dataset_fingerprint=prepared.fingerprint, extra=extra)
-    log(f"{spec.name} on the {report['split']} split: OA {report['oa']:.4f}, kappa {report['kappa']:.4f}, "
-        f"macro-F1 {report['macro_f1']:.4f}")
+    log(f"{spec.name} on the {report['split']} split: {report_summary(report)}")
     return RunResult(run_dir, result, n_trainable, report=report)
 
 
@@ -289,14 +309,30 @@ def _check_labelled(prepared: Prepared) -> None:
                    "its accuracy will say nothing about telling classes apart"))
 
 
-def _classifier_info(prepared: Prepared, from_card: ModelCard | None) -> DataInfo:
+def _classifier_info(prepared: Prepared, from_card: ModelCard | None, fed: tuple[str, ...]) -> DataInfo:
     """The dataset's classes; band statistics and reference date from the pre-trained run if any
-    (its encoder was trained with them, and they are part of its weights)."""
+    (its encoder was trained with them, and they are part of its weights). Other sensors: those
+    fed, and all those of the pre-trained run (its encoder holds weights for each)."""
     data = prepared.info()
     base = from_card.info if from_card is not None else data
+    fed_attrs = {m: a for m, a in data.modalities.items() if m in fed}
     return DataInfo(list(base.band_names), list(base.band_mean), list(base.band_std), class_names=data.class_names,
                     class_colors=data.class_colors, reference_date=base.reference_date, class_codes=data.class_codes,
-                    train_period=data.train_period, modalities={**data.modalities, **base.modalities})
+                    train_period=data.train_period,
+                    modalities={**fed_attrs, **(base.modalities if from_card is not None else {})})
+
+
+def _fed(prepared: Prepared, spec: ModelSpec, chosen, from_card: ModelCard | None) -> tuple[str, ...]:
+    """The sensors fine-tuning feeds: those chosen (else all the model can use), and from a pre-trained
+    run only those its encoder knows (a sensor it never saw has no weights to fine-tune)."""
+    fed = fed_modalities(prepared, spec, chosen)
+    if from_card is None:
+        return fed
+    unknown = [m for m in fed if m != S2 and m not in from_card.info.modalities]
+    if unknown and chosen is not None:
+        raise CheckpointError(f"{from_card.run_dir} was pre-trained without {', '.join(unknown)}: leave "
+                              f"{', '.join(unknown)} out of --modalities, or pre-train with it")
+    return tuple(m for m in fed if m not in unknown)
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:
@@ -358,10 +394,11 @@ def hold_out_groups(dataset: SeriesDataset, prepared: Prepared, fraction: float,
     return Subset(dataset, np.flatnonzero(~in_val).tolist()), Subset(dataset, np.flatnonzero(in_val).tolist())
 
 
-def report_split(prepared: Prepared, spec: ModelSpec, warn: bool = True) -> tuple[str, SeriesDataset]:
+def report_split(prepared: Prepared, spec: ModelSpec, warn: bool = True,
+                 modalities: tuple[str, ...] | None = None) -> tuple[str, SeriesDataset]:
     """The labelled test split, else the val split (with a warning); refused when both are empty."""
     for split in ("test", "val"):
-        dataset = series_dataset(prepared, spec, (split,), labeled_only=True)
+        dataset = series_dataset(prepared, spec, (split,), labeled_only=True, modalities=modalities)
         if len(dataset):
             if split == "val" and warn:
                 log(f"{prepared.path} has no labelled test sample: reporting on the val split, which also chose "
@@ -372,11 +409,18 @@ def report_split(prepared: Prepared, spec: ModelSpec, warn: bool = True) -> tupl
 
 
 def evaluate(model: nn.Module, prepared: Prepared, spec: ModelSpec, class_names: list[str], *,
-             date_shifts: list[int] | tuple[int, ...] = (), device: torch.device | str = "cpu", batch_size: int = 256) -> dict:
-    """The report of `model` on the test split (val if none), with the OA per date shift if asked."""
-    split, dataset = report_split(prepared, spec)
+             date_shifts: list[int] | tuple[int, ...] = (), device: torch.device | str = "cpu", batch_size: int = 256,
+             modalities: tuple[str, ...] | None = None) -> dict:
+    """The report of `model` on the test split (val if none), with the OA per date shift if asked;
+    fed the sensors `modalities` (None: all the model can use)."""
+    split, dataset = report_split(prepared, spec, modalities=modalities)
     device = torch.device(device)
     model = model.to(device)
+    if getattr(model, "multilabel", False):   # tile classification: classes present in each sample
+        report = multilabel_report(*predict_multilabel(model, dataset, collate, device=device, batch_size=batch_size),
+                                   class_names)
+        report.update(split=split, dataset=str(prepared.path), model=spec.name)
+        return report
     y_true, y_pred = predict_labels(model, dataset, collate, device=device, batch_size=batch_size)
     report = classification_report(y_true, y_pred, class_names)
     report.update(split=split, dataset=str(prepared.path), model=spec.name)
@@ -410,7 +454,8 @@ def evaluate_run(run: str | Path, data: str | Path | None, date_shifts=(), *, ou
     check_modalities(card, prepared.modalities)
     check_classes(card, prepared.class_names)
     report = evaluate(model, prepared, spec, list(card.info.class_names), date_shifts=parse_shifts(date_shifts),
-                      device=_device_of(model, device), batch_size=batch_size)
+                      device=_device_of(model, device), batch_size=batch_size,
+                      modalities=card.extra.get("modalities"))
     report["run"] = str(card.run_dir)
     if out_dir is not None and is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
 """`sits predict-map`: a classifier run applied to every pixel of an image time series.
 
-The input's dates need not be the training dates: the model reads each pixel's dates.
+The input's dates need not be the training dates: the model reads each pixel's dates. Patch models
+(OmniSat) classify the input cut into their training tiles; a multi-sensor model maps from
+Sentinel-2 alone, or with the other sensors it knows given as `s1` (a Sentinel-1 folder) and `vhr`
+(an ortho image or folder of tiles), read on the Sentinel-2 grid under each block.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sitscli.engine.device import resolve_device
 from sitscli.data.readers import streaming_env
 from sitscli.mapping.blocks import BlockProgress, partial_path
 from sitscli.mapping.geotiff import COMPRESSIONS, RasterSpec, class_map_spec, legend_tags
-from sitscli.mapping.predict import MapTarget, PixelClassifier, class_ids, scaled, write_map
+from sitscli.mapping.predict import MapTarget, PatchClassifier, PixelClassifier, class_ids, scaled, write_map
 from sitscli.models import registry
 
 # Probabilities are stored as uint8 percent by default (value 0-100, GDAL scale 0.01, nodata 255):
@@ -35,8 +38,9 @@ PERCENT = 0.01
 DEFAULTS = {
     "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
     "date_range": None, "dates_file": None, "block": 512, "batch_size": 2048, "device": "auto",
-    "cog": True, "compress": "deflate", "colors": None, "resume": False, "overwrite": False,
+    "cog": True, "compress": "deflate", "colors": None, "resume": False, "overwrite": False, "s1": None, "vhr": None,
 }
+DEFAULT_TILE = 32  # S2 pixels per tile side for a patch model whose run does not record its training tile
 
 
 def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path,
@@ -45,7 +49,8 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
                 date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
                 block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
                 compress: str = "deflate", colors: str | Path | None = None, resume: bool = False,
-                overwrite: bool = False, after_block: Callable[[int], None] | None = None,
+                overwrite: bool = False, s1: str | Path | None = None,
+                vhr: str | Path | None = None, after_block: Callable[[int], None] | None = None,
                 after_publish: Callable[[Path], None] | None = None) -> dict:
     """Map `source` (an L2A folder, a GeoTIFF stack, or an opened `Cube`) with the classifier `model`.
 
@@ -64,20 +69,29 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     torch_device = resolve_device(device)
     outputs = _check_outputs(out, probabilities, confidence, overwrite, resume)
     net, card = load_model(Path(model), torch_device)
-    spec = _classifier_spec(card)
+    spec = _classifier_spec(card, net)
+    given = {"s1": s1, "vhr": vhr}
+    check_modalities(card, ("s2", *(m for m, path in given.items() if path is not None)))
     cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file)
     log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
         f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
     warn_outside_training(cube.dates, card, spec)
-    classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
-                                 batch_size=batch_size, device=torch_device)
+    if spec.input == "patch":
+        tile = int(card.extra.get("patch_size") or DEFAULT_TILE)
+        block = max(tile, block // tile * tile)      # blocks on the tile grid, so tiles line up across blocks
+        classifier = PatchClassifier(net, card.info.num_classes, tile=tile, batch_size=max(1, batch_size // tile**2),
+                                     device=torch_device, others=_other_sensors(card, cube, given))
+    else:
+        _refuse_others(card, given)
+        classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
+                                     batch_size=batch_size, device=torch_device)
     class_colors = list(card.info.class_colors) or default_colors(card.info.class_names)
     if colors is not None:
         class_colors = apply_color_file(colors, card.info.class_names, card.info.class_codes, class_colors)
     targets = _targets(outputs, card, cube, prob_dtype, class_colors)
     with streaming_env():
         summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
-                            fingerprint=_fingerprint(source, card, cube), after_block=after_block,
+                            fingerprint=_fingerprint(source, card, cube, given), after_block=after_block,
                             after_publish=after_publish)
     return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
             "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
@@ -114,14 +128,47 @@ def _check_outputs(out, probabilities, confidence, overwrite: bool, resume: bool
     return outputs
 
 
-def _classifier_spec(card: ModelCard) -> registry.ModelSpec:
+def _classifier_spec(card: ModelCard, net) -> registry.ModelSpec:
     if card.info.num_classes == 0:
         raise CheckpointError(f"{card.run_dir} is a pre-training run (no classes): fine-tune it first "
                               f"(sits finetune --from {card.run_dir}) and map with the fine-tuned run")
-    spec = registry.get(card.model_name)
-    if spec.input != "pixel":
-        raise ConfigError(f"predict-map maps pixel models; {card.model_name} takes patches, which it does not map yet")
-    return spec
+    if getattr(net, "multilabel", False):
+        raise CheckpointError(f"{card.run_dir} classifies whole tiles (several classes each), not pixels: fine-tune "
+                              f"a per-patch classifier to map (--hparam task=dense)")
+    return registry.get(card.model_name)
+
+
+def _other_sensors(card: ModelCard, cube: Cube, given: dict) -> dict[str, Cube]:
+    """The other sensors given, opened on the Sentinel-2 grid, keyed by batch prefix; refused when the
+    model has no encoder for one, or when the VHR image cannot be brought to the model's resolution."""
+    known = card.info.modalities
+    unknown = [m for m, path in given.items() if path is not None and m not in known]
+    if unknown:
+        raise ConfigError(f"model {card.run_dir} was trained without {', '.join(unknown)}: map without "
+                          + " ".join(f"--{m}" for m in unknown))
+    others: dict[str, Cube] = {}
+    if given["s1"] is not None:
+        from sitscli.data.readers import open_s1
+
+        others["s1"] = open_s1(Path(given["s1"]), cube.grid, date_range=(int(cube.dates.min()), int(cube.dates.max())))
+    if given["vhr"] is not None:
+        from sitscli.data.readers import open_vhr
+
+        attrs = known["vhr"]   # read at the model's resolution and bands, whatever the image's own
+        others["vhr"] = open_vhr(Path(given["vhr"]), cube.grid, bands=list(attrs["band_names"]),
+                                 resolution=float(attrs["resolution"]))
+    fed = card.extra.get("modalities")
+    if fed and set(fed) - {"s2", *others}:
+        log(f"the model was fine-tuned with {', '.join(fed)}; mapping with {', '.join(['s2', *others])}")
+    return others
+
+
+def _refuse_others(card: ModelCard, given: dict) -> None:
+    """Pixel models read Sentinel-2 only."""
+    extra = [m for m, path in given.items() if path is not None]
+    if extra:
+        raise ConfigError(f"model {card.model_name} maps from Sentinel-2 alone: leave out "
+                          + " ".join(f"--{m}" for m in extra))
 
 
 def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cube:
@@ -135,7 +182,6 @@ def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cub
         # names the bands of a stack that does not name them itself (a subset is taken below).
         cube = open_source(Path(source), bands=bands or list(card.info.band_names), aoi=aoi,
                            date_range=date_range, dates_file=Path(dates_file) if dates_file else None)
-    check_modalities(card, ("s2",))  # maps are made from Sentinel-2 alone
     if list(cube.band_names) != list(card.info.band_names):
         lacking = [b for b in card.info.band_names if b not in cube.band_names]
         if lacking:
@@ -183,10 +229,11 @@ def _targets(outputs: dict[str, Path], card: ModelCard, cube: Cube, prob_dtype: 
     return targets
 
 
-def _fingerprint(source, card: ModelCard, cube: Cube) -> dict:
+def _fingerprint(source, card: ModelCard, cube: Cube, given: dict) -> dict:
     """What must not change between a run and its --resume."""
     grid = cube.grid
-    return {
+    others = {m: str(Path(path).resolve()) for m, path in given.items() if path is not None}
+    return ({"sensors": others} if others else {}) | {
         "input": str(Path(source).resolve()) if not isinstance(source, Cube) else repr(type(source).__name__),
         "model": str(Path(card.run_dir).resolve()) + "@" + str(card.weights_sha256),
         "grid": [grid.crs.to_string() if grid.crs else "", list(grid.transform)[:6], grid.height, grid.width],

@@ -16,7 +16,7 @@ import dataclasses
 import importlib
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +31,7 @@ from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
 from sitscli.core.io import atomic_output, check_output, lock_output, require_exists
 from sitscli.core.progress import log
 from sitscli.data.batch import collate
+from sitscli.data.modalities import parse_modalities
 from sitscli.data.prepared import Prepared, open_prepared
 from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import CARD, save_model
@@ -60,6 +61,7 @@ class PretrainOptions(BaseModel):
     # share of the training samples held out to watch the pretext loss when the dataset has no
     # `val` split (3 %: the reference code's valid_rate)
     val_fraction: Fraction = 0.03
+    modalities: str | None = None         # the sensors to feed ("s2,s1,vhr"); None = every one the model can use
 
 
 @dataclass
@@ -186,9 +188,17 @@ def run_directory(run_dir: Path, options: Mapping[str, Any], *, resume: bool) ->
 
 
 def series_dataset(prepared: Prepared, spec: ModelSpec, splits: tuple[str, ...], *,
-                   labeled_only: bool) -> SeriesDataset:
+                   labeled_only: bool, modalities: Sequence[str] | None = None) -> SeriesDataset:
+    """The samples of `splits` with the sensors to feed: `modalities` (chosen, checked) or all the model can use."""
     return SeriesDataset(prepared, splits=splits, labeled_only=labeled_only, compact=spec.compact,
-                         max_len=spec.max_len, modalities=spec.data_modalities(prepared.modalities))
+                         max_len=spec.max_len, modalities=spec.data_modalities(prepared.modalities, modalities))
+
+
+def fed_modalities(prepared: Prepared, spec: ModelSpec, chosen: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The sensors a run feeds the model: `chosen` ("s2,s1" or a list; None = all it can use), checked."""
+    if chosen is not None and not isinstance(chosen, str):
+        chosen = ",".join(chosen)
+    return spec.data_modalities(prepared.modalities, parse_modalities(chosen))
 
 
 def check_input_kind(prepared: Prepared, spec: ModelSpec) -> None:
@@ -247,18 +257,19 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
         raise ConfigError(f"model {spec.name} has no pretext task: train it directly with `sits finetune --model {spec.name}`")
     check_input_kind(prepared, spec)
     warn_folded_years(prepared, spec, {**spec.defaults, **options["hparams"]})
+    fed = fed_modalities(prepared, spec, options["modalities"])
     full = prepared.info()
     info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date,
-                    modalities=full.modalities)  # no classes
+                    modalities={m: a for m, a in full.modalities.items() if m in fed})  # no classes
     cfg = train_config(options)
     seed_everything(cfg.seed)             # the initial weights repeat with --seed
     model = spec.build(dict(options["hparams"]), info)
     task = make_pretext(spec.pretext, **options["pretext"])
 
-    train_set: Dataset = series_dataset(prepared, spec, ("train", "unlabeled"), labeled_only=False)
+    train_set: Dataset = series_dataset(prepared, spec, ("train", "unlabeled"), labeled_only=False, modalities=fed)
     if len(train_set) == 0:
         raise DataContentError(f"the train and unlabeled splits of {prepared.path} are empty: nothing to pre-train on")
-    val_set: Dataset = series_dataset(prepared, spec, ("val",), labeled_only=False)
+    val_set: Dataset = series_dataset(prepared, spec, ("val",), labeled_only=False, modalities=fed)
     if len(val_set) == 0:
         train_set, val_set = hold_out(train_set, options["val_fraction"], cfg.seed)
 
@@ -269,6 +280,6 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
         if not result.interrupted and is_main_process():
             save_model(run_dir, model, model_name=spec.name, hparams={**spec.defaults, **options["hparams"]},
                        info=info, task="pretrain", dataset_fingerprint=prepared.fingerprint,
-                       extra={"pretext": spec.pretext, "pretext_options": options["pretext"],
+                       extra={"pretext": spec.pretext, "pretext_options": options["pretext"], "modalities": list(fed),
                               "best_epoch": result.best_epoch, "best_val_loss": result.best_metric})
     return RunResult(run_dir, result, count_trainable(model.parameters()))
