@@ -14,6 +14,7 @@ from sitscli.core.errors import ConfigError
 PRETEXTS: dict[str, str] = {
     "contamination": "sitscli.ssl.contamination:ContaminationTask",
     "alise": "sitscli.ssl.alise:AliseTask",
+    "bimodal": "sitscli.ssl.bimodal:BimodalTask",
 }
 
 
