@@ -222,3 +222,71 @@ def test_pretext_refuses_data_without_planetscope_or_cloud_levels(bad_data, tmp_
                        "--pretext", "ps_loss=false")
     assert code != 0 and "without --keep-cloudy" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+# ---- downstream: base models on the per-date representation, Sentinel-2 alone ----------------------
+def test_frozen_representation_feeds_a_base_model_that_beats_chance_widely(toy_pixel_series, held_out_accuracy):
+    torch.manual_seed(0)
+    pre = build(TINY, _info(planetscope=False))
+    task = make_pretext("bimodal", ps_loss=False, cloud_loss=False)        # the toy series have no PlanetScope
+    optimizer = torch.optim.AdamW(pre.parameters(), lr=3e-3)
+    samples = toy_pixel_series(64, seed=5)
+    for step in range(20):
+        loss, _ = task.training_step(pre, collate(samples[(step % 4) * 16:(step % 4 + 1) * 16]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    spec = registry.get("bimodal-bert+lstm")
+    model = spec.build({"encoder": TINY, "base": {"hidden": 16, "layers": 1}}, _info(classes="abc", planetscope=False))
+    model.encoder.load_state_dict(pre.encoder.state_dict())
+    model.encoder.requires_grad_(False).eval()
+    frozen = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    train, test = collate(toy_pixel_series(96, seed=3)), collate(toy_pixel_series(60, seed=4))
+    accuracy = held_out_accuracy(model, train, test, steps=60, lr=1e-2)
+    assert accuracy > 0.8                                                  # chance is 1/3
+    assert all(torch.equal(v, frozen[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_only_pretrained_encoders_with_per_date_outputs_stack():
+    with pytest.raises(ConfigError, match="not a pre-trained encoder"):
+        registry.get("lstm+transformer")
+    with pytest.raises(ConfigError, match="cannot run on an encoder"):
+        registry.get("bimodal-bert+rf")
+    with pytest.raises(ConfigError, match="no per-date representation"):
+        registry.get("sitsbert+lstm").build({}, _info(classes="ab"))
+
+
+def test_finetune_a_base_model_then_map_from_sentinel2_alone(pretrained, data, scene, tmp_path, cli):
+    code, out, err = cli("finetune", data, "--from", pretrained.run_dir, "--model", "lstm", "--mode", "frozen",
+                         "--out", tmp_path / "ft", "--epochs", "2", "--batch-size", "32", "--hparam", "hidden=16",
+                         "--seed", "0", "--json")
+    assert code == 0, err
+    card = (tmp_path / "ft" / "model.yaml").read_text()
+    assert "model: bimodal-bert+lstm" in card and json.loads(out)["model"] == "bimodal-bert+lstm"
+    # the map reads the Sentinel-2 folder only: no PlanetScope anywhere
+    code, _, err = cli("predict-map", scene.l2a, "--model", tmp_path / "ft", "--out", tmp_path / "map.tif",
+                       "--confidence", tmp_path / "conf.tif")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "map.tif") as src:
+        classes = src.read(1)
+        assert src.crs.to_epsg() == 32631 and src.shape == (32, 32) and src.res == (10.0, 10.0)
+        assert classes.max() < len(scene.class_names) and len(np.unique(classes)) > 1
+
+
+def test_full_mode_also_trains_the_encoder(pretrained, data, tmp_path):
+    from sitscli.engine.checkpoint import load_model
+    from sitscli.workflows.finetune import finetune
+
+    result = finetune(out=tmp_path / "full", data=data, from_run=pretrained.run_dir, model="transformer", mode="full",
+                      epochs=1, batch_size=32, lr=1e-3, hparams={"d_model": 16, "heads": 2, "layers": 1}, seed=0,
+                      device="cpu")
+    tuned, card = load_model(result.run_dir)
+    original, _ = load_model(pretrained.run_dir)
+    assert card.model_name == "bimodal-bert+transformer" and card.hparams["base"]["d_model"] == 16
+    assert not torch.equal(tuned.encoder.embed.weight, original.encoder.embed.weight)
+
+
+def test_a_pretrained_run_refuses_other_sentinel2_bands(pretrained, bad_data, tmp_path, cli):
+    code, _, err = cli("finetune", bad_data, "--from", pretrained.run_dir, "--model", "lstm", "--out", tmp_path / "r")
+    assert code != 0 and "lacks B05" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -130,6 +130,10 @@ def available() -> list[str]:
 
 def get(name: str) -> ModelSpec:
     _load_all()
+    if name not in _MODELS and "+" in name:   # a base model on a pre-trained encoder, e.g. bimodal-bert+lstm
+        from sitscli.models.stacked import stacked_spec
+
+        return stacked_spec(name)
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(sorted(_MODELS))}")
     return _MODELS[name]
