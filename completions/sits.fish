@@ -180,7 +180,7 @@ complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcom
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from timesen2crop' -l config -rF -d 'YAML file of options (keys as the long flags with _); flags win. A dataset\'s config.yaml prepares it again.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from timesen2crop' -l json -d 'Print the summary as JSON on stdout.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from timesen2crop' -l help -s h -d 'Show this message and exit.'
-complete -c sits -n '__fish_seen_subcommand_from pretrain' -l model -s m -rF -d 'Model to pre-train: sitsbert (default), alise or bimodal-bert, the models with a pretext task.'
+complete -c sits -n '__fish_seen_subcommand_from pretrain' -l model -s m -rF -d 'Model to pre-train: sitsbert (default), alise, bimodal-bert or resmlp-contrastive, the models with a pretext task.'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l out -s o -rF -d 'Run directory to write (model.safetensors, model.yaml, curves).'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l epochs -rF -d 'Training epochs (default: the model\'s paper setting).'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l batch-size -rF -d 'Samples per step and process.'

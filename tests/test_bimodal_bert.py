@@ -290,3 +290,48 @@ def test_a_pretrained_run_refuses_other_sentinel2_bands(pretrained, bad_data, tm
     code, _, err = cli("finetune", bad_data, "--from", pretrained.run_dir, "--model", "lstm", "--out", tmp_path / "r")
     assert code != 0 and "lacks B05" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+# ---- the baseline: resmlp-contrastive ------------------------------------------------------------
+def test_contrastive_pairs_are_clear_spectra_of_the_same_day():
+    from sitscli.ssl.bimodal_contrastive import draw_pairs
+
+    dates = _days("2022-05-01", "2022-05-04", "2022-05-07").view(1, 3).repeat(2, 1)
+    valid = torch.tensor([[True, False, True], [False, True, False]])
+    ps_dates = _days("2022-05-01", "2022-05-04", "2022-05-07", "2022-05-08").view(1, 4).repeat(2, 1)
+    ps_valid = torch.zeros(2, 4, 3, 3, dtype=torch.bool)
+    ps_valid[0, 2, 1, 1] = True                       # pixel 0: only 05-07 clear in both sensors
+    ps_valid[0, 0] = True
+    ps_valid[1, 3] = True                             # pixel 1: PlanetScope clear on 05-08 only, S2 on 05-04
+    seen = set()
+    for seed in range(20):
+        s2, ps, ok = draw_pairs(dates, valid, ps_dates, ps_valid, 0, torch.Generator().manual_seed(seed))
+        assert ok.tolist() == [True, False]
+        seen.add((s2[0].item(), ps[0].item()))
+    assert seen == {(0, 0), (2, 2)}                   # both same-day clear pairs, and only those
+    _, _, ok = draw_pairs(dates, valid, ps_dates, ps_valid, 4, torch.Generator().manual_seed(0))
+    assert ok.tolist() == [True, True]                # within 4 days, 05-04 meets 05-08
+
+
+def test_info_nce_is_low_for_aligned_pairs_and_log_n_for_unrelated_ones():
+    from sitscli.ssl.bimodal_contrastive import info_nce
+
+    z = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
+    assert info_nce(z, z, 0.05).item() < 0.1
+    other = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
+    assert info_nce(z, other, 100.0).item() == pytest.approx(np.log(64), rel=0.01)
+
+
+def test_resmlp_contrastive_pretrains_and_serves_a_base_model(data, bad_data, tmp_path):
+    from sitscli.workflows.finetune import finetune
+
+    run = pretrain(out=tmp_path / "pre", data=data, model="resmlp-contrastive", hparams={"width": 32, "blocks": 1},
+                   epochs=6, batch_size=64, lr=3e-3, seed=0, device="cpu")
+    epochs = run.fit.history
+    assert epochs[-1]["train_loss"] < 0.9 * epochs[0]["train_loss"] and epochs[0]["train_paired"] > 0.5
+    tuned = finetune(out=tmp_path / "ft", data=data, from_run=run.run_dir, model="inceptiontime", mode="frozen",
+                     epochs=1, batch_size=32, hparams={"depth": 3, "filters": 8}, seed=0, device="cpu")
+    assert tuned.report["model"] == "resmlp-contrastive+inceptiontime"
+    with pytest.raises(DataContentError, match="no PlanetScope"):
+        pretrain(out=tmp_path / "bad", data=bad_data, model="resmlp-contrastive", epochs=1)
+    assert not (tmp_path / "bad").exists()

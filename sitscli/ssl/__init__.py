@@ -15,6 +15,7 @@ PRETEXTS: dict[str, str] = {
     "contamination": "sitscli.ssl.contamination:ContaminationTask",
     "alise": "sitscli.ssl.alise:AliseTask",
     "bimodal": "sitscli.ssl.bimodal:BimodalTask",
+    "bimodal-contrastive": "sitscli.ssl.bimodal_contrastive:BimodalContrastiveTask",
 }
 
 
