@@ -109,8 +109,7 @@ _MODELS: dict[str, ModelSpec] = {}
 _MODEL_MODULES: tuple[str, ...] = (
     "sitscli.models.sitsbert", "sitscli.models.alise", "sitscli.models.tempcnn", "sitscli.models.ltae",
     "sitscli.models.lstm", "sitscli.models.inceptiontime", "sitscli.models.transformer", "sitscli.models.mtan_svgp",
-    "sitscli.models.rf", "sitscli.models.bimodal_bert",
-    "sitscli.models.resmlp",
+    "sitscli.models.rf", "sitscli.models.bimodal_bert", "sitscli.models.resmlp",
 )
 
 
