@@ -48,9 +48,9 @@ from sitscli.data.synthetic.scene import (
     CRS, MAX_CLOUD, TILE, Acquisition, SceneModel, agronomic_years, make_sky, scene_classification,
 )
 from sitscli.data.synthetic.sentinel1 import S1_LAYOUTS, UNITS, S1Writer, Sentinel1Model
-from sitscli.data.synthetic.vhr import RESOLUTIONS, write_vhr
+from sitscli.data.synthetic.vhr import ORTHO_FILE, RESOLUTIONS, write_vhr
 
-__all__ = ["SyntheticScene", "write_synthetic", "LAYOUTS", "SENSORS"]
+__all__ = ["SyntheticScene", "write_synthetic", "write_s1", "write_planetscope", "LAYOUTS", "SENSORS"]
 
 LAYOUTS = ("safe", "cog", "theia")
 SENSORS = ("s2", "s1", "planetscope", "vhr")
@@ -138,7 +138,7 @@ def write_synthetic(out, *, size: int = 256, seed: int = 0, layout: str = "safe"
     log(f"synthetic: {len(dates)} {layout} acquisitions, {len(parcels)} parcels "
         f"({len(changed)} change crop after year 1) in {out}")
     written = {"s1": out / S1_FOLDER, "planetscope": out / PS_FOLDER,
-               "vhr": out / VHR_FOLDER / ("" if vhr_tiles else "ortho.tif")}
+               "vhr": out / VHR_FOLDER / ("" if vhr_tiles else ORTHO_FILE)}
     return SyntheticScene(
         root=out, l2a=out / L2A_FOLDER, parcels=out / PARCELS_FILE, class_field=class_field(0), changes=out / CHANGES_FILE,
         layout=layout, tile=TILE, crs=CRS, dates=to_days(dates), class_names=tuple(c.name for c in CLASSES),

@@ -17,8 +17,8 @@ What differs from Sentinel-2 on purpose, so that a model must not take one for t
   PlanetScope/Sentinel-2 differences and Dove-to-Dove inconsistencies reported by Houborg and
   McCabe (2018, Remote Sens. Environ. 209:211);
 - its own skies (`make_sky` with another seed purpose) and acquisition calendar: a scene every
-  `every` days (~85 % of the days imaged, cloudy scenes delivered with their UDM2 as Planet does,
-  only overcast ones > 95 % dropped), morning overpasses between 09:50 and 10:40 UTC;
+  `every` days (~90 % of the days imaged, cloudy scenes delivered with their UDM2 as Planet does,
+  only overcast ones > 97 % dropped: ~75-80 % of the days), morning overpasses between 09:50 and 10:40 UTC;
 - strips: on ~10 % of the delivered days (at least one) the area falls across two consecutive
   scenes of one strip, one second apart, which overlap over 10-50 % of the rows; each has its
   own calibration gain, so a reader's mosaic order ("first clear pixel wins") shows.
@@ -57,8 +57,8 @@ OFFSET = np.array([0.010, 0.006, 0.002, 0.012], np.float32)
 UDM2_BANDS = ("clear", "snow", "shadow", "light_haze", "heavy_haze", "cloud", "confidence", "udm1")
 UDM1_BLACKFILL, UDM1_CLOUD = 1, 2
 FLEET = ("1035", "2262", "241c", "2439", "106e", "2403")  # Dove satellite ids
-IMAGED = 0.85  # share of days with a scene over the area
-MAX_COVER = 0.95  # overcast scenes dropped
+IMAGED = 0.9  # share of days with a scene over the area
+MAX_COVER = 0.97  # overcast scenes dropped
 STRIP_SHARE = 0.10
 FIRST_DAY = dt.date(FIRST_YEAR, 10, 1)
 

@@ -127,7 +127,8 @@ def s1_calendar(years: int) -> list[Pass]:
                     break
                 starts.append((when, platform, orbit))
                 cycle += 1
-    return [Pass(i, when, platform, orbit) for i, (when, platform, orbit) in enumerate(sorted(starts, key=lambda s: s[0]))]
+    starts.sort(key=lambda s: s[0])
+    return [Pass(i, when, platform, orbit) for i, (when, platform, orbit) in enumerate(starts)]
 
 
 # ------------------------------------------------------------------------------- soil moisture
@@ -220,11 +221,12 @@ class Sentinel1Model:
         rng = np.random.default_rng([scene.seed, SEED_STATIC])
         self.moisture_offset = rng.normal(0.0, 0.03, n).astype(np.float32)  # soil type, drainage
         self.roughness = rng.normal(0.0, 1.5, (n, years)).astype(np.float32)  # dB, tillage state
-        self.urban_level = rng.uniform(-1.5, 2.5, n).astype(np.float32)  # dB VV, building density
-        self.urban_aspect = rng.normal(0.0, 2.0, (n, len(ORBITS))).astype(np.float32)  # dB, per orbit
+        self.urban_level = rng.uniform(-0.5, 3.5, n).astype(np.float32)  # dB VV, building density
+        self.urban_aspect = rng.normal(0.0, 1.5, (n, len(ORBITS))).astype(np.float32)  # dB, per orbit
         self.scatterers = rng.normal(0.0, 2.5, scene.shape).astype(np.float32)  # dB, point targets in towns
         days_covered = (self.passes[-1].date - FIRST_YEAR_START).days + 1
-        self.moisture = soil_moisture_series(FIRST_YEAR_START, days_covered, np.random.default_rng([scene.seed, SEED_WEATHER]))
+        weather = np.random.default_rng([scene.seed, SEED_WEATHER])
+        self.moisture = soil_moisture_series(FIRST_YEAR_START, days_covered, weather)
         self.tables = {field: _table(field) for field in ("biomass", "a_vv", "a_vh", "b_vv", "b_vh")}
 
     def backscatter(self, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,10 @@ The colours come from the same parcels and cover curves as the Sentinel-2 series
 (the Sentinel-2 B04, B03, B02, B08 endmembers); on top, the texture that only a sub-metre view
 shows, per class:
 - crops: a row pattern (seed-drill passes, beds, tramlines as seen from the air) with a per-parcel
-  orientation and phase and a class-specific period and contrast (ROWS): cereals closer than
-  summer crops, wheat 3 m vs barley 5 m, maize 2.5 m vs soybean 4 m;
+  orientation and phase and a class-specific period (+-10 % per parcel) and contrast (ROWS), on
+  the plants and, fainter, on the soil (seedbed ridges, visible before emergence):
+  wheat 3 m vs barley 5 m, maize 2.5 m vs soybean 4 m (not true row spacings, which a 1 m
+  pixel cannot resolve, but a pattern a texture model can learn);
 - deciduous forest: tree crowns, sunlit domes of 2.5-4.5 m radius on a jittered 7 m lattice,
   shaded gaps between them;
 - artificial: streets on a per-parcel rotated 45 m grid and rectangular roofs (terracotta tiles,
@@ -98,8 +100,11 @@ class VHRModel:
         rng = np.random.default_rng([scene.seed, SEED_VHR])
         n = scene.land.n_parcels
         self.salt = int(rng.integers(2 ** 62))
-        self.angle = rng.uniform(0, np.pi, n).astype(np.float32)  # row / street orientation
-        self.phase = rng.uniform(0, 1, n).astype(np.float32)
+        # float64 throughout the rendering: float32 SIMD kernels (cos, sin) may round the last bit
+        # differently by position in the array, which would make a tile differ from the whole image
+        self.angle = rng.uniform(0, np.pi, n)  # row / street orientation
+        self.phase = rng.uniform(0, 1, n)
+        self.spacing = rng.uniform(0.9, 1.1, n)  # each farmer's drill: +-10 % of the class period
         self.classes = scene.classes_on(VHR_DATE)
         day = np.array([(VHR_DATE - dt.date(FIRST_YEAR, 10, 1)).days], np.float32)
         self.cover = scene.cover_at(day)[:, :, 0]  # (n, 3)
@@ -115,9 +120,9 @@ class VHRModel:
         ids = scene.land.ids[np.ix_(row_index, self.col_index[cols])]
         classes = self.classes[ids]
         # map position in metres east and south of the origin, and integer metre keys for the hashes
-        x = ((np.arange(cols.start, cols.stop) + 0.5) * res)[None, :].astype(np.float32)
-        y = ((np.arange(start, stop) + 0.5) * res)[:, None].astype(np.float32)
-        texture = bilinear(scene.texture, rows, self.cols[cols])
+        x = ((np.arange(cols.start, cols.stop) + 0.5) * res)[None, :]
+        y = ((np.arange(start, stop) + 0.5) * res)[:, None]
+        texture = bilinear(scene.texture, rows, self.cols[cols]).astype(np.float64)
         refl = self._fields(ids, classes, x, y, texture)
         refl = self._forest(refl, classes, x, y)
         refl = self._town(refl, ids, classes, x, y)
@@ -129,11 +134,12 @@ class VHRModel:
         """(h, w, 4) linear mixture of the endmembers, crop cover modulated along the rows, grass texture."""
         scene = self.scene
         fractions = np.clip(self.cover[ids] * texture[..., None], 0, 1)
-        period = np.array([ROWS[c.name].period if c.name in ROWS else 1.0 for c in CLASSES], np.float32)
-        contrast = np.array([ROWS[c.name].contrast if c.name in ROWS else 0.0 for c in CLASSES], np.float32)
+        period = np.array([ROWS[c.name].period if c.name in ROWS else 1.0 for c in CLASSES], np.float64)
+        contrast = np.array([ROWS[c.name].contrast if c.name in ROWS else 0.0 for c in CLASSES], np.float64)
         angle = self.angle[ids]
-        across = (x * np.cos(angle) + y * np.sin(angle)) / period[classes] + self.phase[ids]
-        fractions[..., :2] *= (1 + contrast[classes] * np.cos(2 * np.pi * across))[..., None]
+        across = (x * np.cos(angle) + y * np.sin(angle)) / (period[classes] * self.spacing[ids]) + self.phase[ids]
+        rows = contrast[classes] * np.cos(2 * np.pi * across)  # +1 on a row, -1 between rows
+        fractions[..., :2] *= (1 + rows)[..., None]
         meadow = classes == CLASS_INDEX["meadow"]
         grass = 1 + 0.12 * (hash01(np.floor(x / self.resolution), np.floor(y / self.resolution), self.salt) - 0.5)
         patches = 1 + 0.15 * np.sin(x / 9.0 + 2 * self.phase[ids]) * np.sin(y / 7.0 + 3 * self.phase[ids])
@@ -141,12 +147,12 @@ class VHRModel:
         fractions = np.clip(fractions, 0, 1)
         fractions /= np.maximum(fractions.sum(-1, keepdims=True), 1.0)
         spectra = {name: SPECTRA[name][self.band_index] for name in ("green", "dry", "flower", "water", "urban")}
-        canopy = np.array([c.canopy for c in CLASSES], np.float32)[classes][..., None]
-        straw = np.array([c.dry_brightness for c in CLASSES], np.float32)[classes][..., None]
+        canopy = np.array([c.canopy for c in CLASSES], np.float64)[classes][..., None]
+        straw = np.array([c.dry_brightness for c in CLASSES], np.float64)[classes][..., None]
         background = scene.soil[:, self.band_index]
         background[self.classes == CLASS_INDEX["water"]] = spectra["water"]
         background[self.classes == CLASS_INDEX["artificial"]] = spectra["urban"]
-        background = background[ids]
+        background = background[ids] * (1 + 0.3 * rows)[..., None]  # seedbed ridges show before emergence
         green, dry, flower = (fractions[..., j: j + 1] for j in range(3))
         return (green * spectra["green"] * canopy + dry * spectra["dry"] * straw + flower * spectra["flower"]
                 + (1 - green - dry - flower) * background)
@@ -157,7 +163,7 @@ class VHRModel:
         if not forest.any():
             return refl
         cell_x, cell_y = np.floor(x / CROWN_SPACING).astype(np.int64), np.floor(y / CROWN_SPACING).astype(np.int64)
-        crown = np.zeros(forest.shape, np.float32)
+        crown = np.zeros(forest.shape, np.float64)
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 cx, cy = cell_x + dx, cell_y + dy
@@ -183,7 +189,8 @@ class VHRModel:
                  & (np.mod(v, LOT[1]) > 1.5) & (np.mod(v, LOT[1]) < LOT[1] - 1.5))
         draw = hash01(lot_u, lot_v, ids, self.salt, 4)
         roof = inner & (draw < 0.7)
-        colour = ROOFS[np.minimum((hash01(lot_u, lot_v, ids, self.salt, 5) * len(ROOFS)).astype(np.int64), len(ROOFS) - 1)]
+        kind = (hash01(lot_u, lot_v, ids, self.salt, 5) * len(ROOFS)).astype(np.int64)
+        colour = ROOFS[np.minimum(kind, len(ROOFS) - 1)]
         out = np.where((town & roof)[..., None], colour, refl)
         return np.where((town & street)[..., None], ASPHALT, out)
 

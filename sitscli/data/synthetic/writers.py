@@ -161,7 +161,7 @@ def cloud_probability(sky: Sky) -> np.ndarray:
     opacity, cirrus = block_mean(sky.opacity, 2), block_mean(sky.cirrus, 2)
     probability = np.maximum(np.interp(opacity, *CLOUD_PROBABILITY_OPACITY), np.interp(cirrus, *CLOUD_PROBABILITY_CIRRUS))
     probability[block_mean(sky.nodata.astype(np.float32), 2) >= 0.5] = 0
-    return np.rint(probability).astype(np.uint8)
+    return np.floor(probability).astype(np.uint8)  # floor: below an SCL threshold stays below its probability
 
 
 def scl_percentages(scl: np.ndarray) -> dict[str, float]:
