@@ -74,7 +74,7 @@ def finetune_command(
     data_option: Optional[Path] = typer.Option(None, "--data", help="The dataset, as an option (same as DATA)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (model, report, curves)."),
     from_run: Optional[Path] = typer.Option(None, "--from", help="Pre-trained run whose encoder is fine-tuned."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the --from run's; required without --from)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the --from run's; required without --from). With --from, a base model (lstm, inceptiontime, transformer) trains on the run's per-date representation."),
     mode: Optional[str] = typer.Option(None, "--mode", help="full (default) | frozen (head only) | lora (adapters + head)."),
     pooling: Optional[str] = typer.Option(None, "--pooling", help="Sequence pooling of the head: cls | mean | max."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank r (default 8)."),

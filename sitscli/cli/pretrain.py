@@ -14,7 +14,8 @@ from sitscli.cli.common import CONFIG_OPTION, finish_run, key_values
 @app.command("pretrain")
 def pretrain_command(
     data: Optional[Path] = typer.Argument(None, help="Prepared dataset (NAME.sits) to pre-train on; labels are not used."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to pre-train: sitsbert (default), alise or omnisat, the models with a pretext task."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to pre-train: sitsbert (default), alise, "
+                                        "omnisat, bimodal-bert or resmlp-contrastive, the models with a pretext task."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (model.safetensors, model.yaml, curves)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the model's paper setting)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),

@@ -193,7 +193,7 @@ _MODELS: dict[str, ModelSpec] = {}
 _MODEL_MODULES: tuple[str, ...] = (
     "sitscli.models.sitsbert", "sitscli.models.alise", "sitscli.models.tempcnn", "sitscli.models.ltae",
     "sitscli.models.lstm", "sitscli.models.inceptiontime", "sitscli.models.transformer", "sitscli.models.mtan_svgp",
-    "sitscli.models.rf", "sitscli.models.omnisat",
+    "sitscli.models.rf", "sitscli.models.omnisat", "sitscli.models.bimodal_bert", "sitscli.models.resmlp",
 )
 
 
@@ -214,6 +214,10 @@ def available() -> list[str]:
 
 def get(name: str) -> ModelSpec:
     _load_all()
+    if name not in _MODELS and "+" in name:   # a base model on a pre-trained encoder, e.g. bimodal-bert+lstm
+        from sitscli.models.stacked import stacked_spec
+
+        return stacked_spec(name)
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(sorted(_MODELS))}")
     return _MODELS[name]

@@ -62,21 +62,32 @@ TRAINING: dict[str, dict[str, Any]] = {
 }
 
 
-def day_of_year(days: Tensor) -> Tensor:
-    """Day of year 1..366 of integer days since 1970-01-01 (any shape), on the tensor's device.
+def _day_from_march(days: Tensor) -> tuple[Tensor, Tensor]:
+    """(day of the March-based year, 0 = 1 March; that year) of integer days since 1970-01-01.
 
-    The civil-from-days algorithm (H. Hinnant, "chrono-compatible low-level date algorithms"),
-    matching `sitscli.core.dates.day_of_year` for numpy.
+    The civil-from-days algorithm (H. Hinnant, "chrono-compatible low-level date algorithms").
     """
     z = days.long() + 719468                      # days since 0000-03-01
     era = torch.div(z, 146097, rounding_mode="floor")
     doe = z - era * 146097                        # day of the 400-year era, 0..146096
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    day_from_march = doe - (365 * yoe + yoe // 4 - yoe // 100)   # 0 = 1 March
-    year = yoe + era * 400                        # the year that holds this March-to-December
+    return doe - (365 * yoe + yoe // 4 - yoe // 100), yoe + era * 400
+
+
+def day_of_year(days: Tensor) -> Tensor:
+    """Day of year 1..366 of integer days since 1970-01-01 (any shape), on the tensor's device,
+    matching `sitscli.core.dates.day_of_year` for numpy."""
+    day_from_march, year = _day_from_march(days)  # year: the one that holds this March-to-December
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     # 1 March is day 60 (61 in a leap year); January and February belong to the next year.
     return torch.where(day_from_march >= 306, day_from_march - 305, day_from_march + 60 + leap.long())
+
+
+def month_of_year(days: Tensor) -> Tensor:
+    """Calendar month 0..11 (0 = January) of integer days since 1970-01-01 (any shape)."""
+    day_from_march, _ = _day_from_march(days)
+    month_from_march = (5 * day_from_march + 2) // 153          # 0 = March .. 11 = February (Hinnant)
+    return (month_from_march + 2) % 12
 
 
 class DoyEncoding(nn.Module):
@@ -124,9 +135,12 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, hidden: int, dropout: float):
+    """hidden -> inner (default 4 x hidden, BERT's ratio) -> hidden, GELU between."""
+
+    def __init__(self, hidden: int, dropout: float, inner: int | None = None):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+        inner = inner or 4 * hidden
+        self.fc1, self.fc2 = nn.Linear(hidden, inner), nn.Linear(inner, hidden)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -136,11 +150,11 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: x (B, L, D), keep (B, L) -> (B, L, D)."""
 
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, inner: int | None = None):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, dropout)
-        self.ff = FeedForward(hidden, dropout)
+        self.ff = FeedForward(hidden, dropout, inner)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:

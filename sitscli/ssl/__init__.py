@@ -15,6 +15,8 @@ PRETEXTS: dict[str, str] = {
     "contamination": "sitscli.ssl.contamination:ContaminationTask",
     "alise": "sitscli.ssl.alise:AliseTask",
     "omnisat": "sitscli.ssl.omnisat:OmniSatTask",
+    "bimodal": "sitscli.ssl.bimodal:BimodalTask",
+    "bimodal-contrastive": "sitscli.ssl.bimodal_contrastive:BimodalContrastiveTask",
 }
 
 

@@ -5,6 +5,10 @@ Options resolve as: engine `TrainConfig` defaults < FinetuneOptions < the model'
 settings (`sits probe`) < `--config FILE.yaml` < flags. The resolved options are saved as
 `RUN/config.yaml`.
 
+With `--from RUN --model BASE` (a base classifier such as lstm, inceptiontime or transformer), BASE is
+trained on the per-date outputs of RUN's encoder: the model `ENCODER+BASE` of `sitscli.models.stacked`,
+with BASE's own training settings and `--hparam` options.
+
 Modes (LoRA: Hu et al. 2021):
 - full: every weight trains.
 - frozen: only the classification head trains; the encoder is a fixed feature extractor, kept in
@@ -55,6 +59,7 @@ from sitscli.models import registry
 from sitscli.models.heads import POOLINGS
 from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, merge_lora, parse_targets
 from sitscli.models.registry import DataInfo, ModelSpec
+from sitscli.models.stacked import split_name, stacked_name
 from sitscli.workflows.pretrain import (Fraction, PathText, RunResult, check_input_kind, check_run_output,
                                         fed_modalities, is_main_process, model_training_defaults,
                                         resolve_run_options, resumes_training, run_directory, series_dataset,
@@ -239,12 +244,13 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
     if model is None:
         raise ConfigError("give --from RUN (a pre-trained run) to fine-tune, or --model M to train from scratch")
     if from_card is not None and model != from_card.model_name:
-        raise CheckpointError(f"{from_card.run_dir} holds a {from_card.model_name!r} model, not {model!r}: "
-                              f"give a run of {model}, or leave out --model")
+        model = _on_pretrained(model, from_card)
     spec = registry.get(model)
+    parts = split_name(model)
+    training_spec = registry.get(parts[1]) if parts else spec   # a stacked base model trains as it does alone
 
     def stage_defaults(_: str) -> dict[str, Any]:
-        defaults = {**FINETUNE_MONITOR, **model_training_defaults(spec, "finetune")}
+        defaults = {**FINETUNE_MONITOR, **model_training_defaults(training_spec, "finetune")}
         if from_card is None:
             defaults.update(model_training_defaults(spec, "scratch"))
         defaults.update(protocol(spec) if protocol else {})
@@ -256,6 +262,20 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
         options["from_run"] = str(Path(from_card.run_dir).resolve())
     options["eval_date_shift"] = parse_shifts(options["eval_date_shift"])
     return options, spec, from_card
+
+
+def _on_pretrained(model: str, from_card: ModelCard) -> str:
+    """--model with --from RUN of another model: a base classifier on the run's encoder (`ENCODER+BASE`,
+    models/stacked.py), or an error for another pre-trainable model."""
+    encoder, base = split_name(model) or (from_card.model_name, model)
+    if encoder != from_card.model_name:          # a saved config naming another encoder
+        wanted = encoder
+    elif registry.get(base).pretext is not None:
+        wanted = base
+    else:
+        return stacked_name(encoder, base)
+    raise CheckpointError(f"{from_card.run_dir} holds a {from_card.model_name!r} model, not {wanted!r}: "
+                          f"give a run of {wanted}, or leave out --model")
 
 
 def parse_shifts(value) -> list[int]:
@@ -336,6 +356,8 @@ def _fed(prepared: Prepared, spec: ModelSpec, chosen, from_card: ModelCard | Non
 
 
 def _hparams(options: Mapping[str, Any], spec: ModelSpec, from_card: ModelCard | None) -> dict[str, Any]:
+    if split_name(spec.name) and from_card is not None:   # --hparam options are the base model's
+        return {"encoder": dict(from_card.hparams), "base": {**spec.defaults["base"], **options["hparams"]}}
     hparams = {**(from_card.hparams if from_card else {}), **options["hparams"]}
     if options["pooling"] is not None:
         hparams["pooling"] = options["pooling"]

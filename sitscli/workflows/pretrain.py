@@ -262,9 +262,11 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date,
                     modalities={m: a for m, a in full.modalities.items() if m in fed})  # no classes
     cfg = train_config(options)
+    task = make_pretext(spec.pretext, **options["pretext"])
+    if hasattr(task, "check_data"):       # a pretext that needs more than the series (another sensor...)
+        task.check_data(prepared)
     seed_everything(cfg.seed)             # the initial weights repeat with --seed
     model = spec.build(dict(options["hparams"]), info)
-    task = make_pretext(spec.pretext, **options["pretext"])
 
     train_set: Dataset = series_dataset(prepared, spec, ("train", "unlabeled"), labeled_only=False, modalities=fed)
     if len(train_set) == 0:
