@@ -257,7 +257,8 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
         return defaults
 
     options = resolve_run_options(FinetuneOptions, stage_defaults, {**flags, "model": model}, config_file, resume)
-    options["hparams"] = spec.check_hparams(options["hparams"])
+    stacked = split_name(spec.name)   # ENCODER+BASE: --hparam options are the base model's
+    options["hparams"] = (registry.get(stacked[1]) if stacked else spec).check_hparams(options["hparams"])
     if from_card is not None:
         options["from_run"] = str(Path(from_card.run_dir).resolve())
     options["eval_date_shift"] = parse_shifts(options["eval_date_shift"])
