@@ -13,13 +13,14 @@ from sitscli.cli.common import (COG_OPTION, COMPRESS_OPTION, CONFIG_OPTION, JSON
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
-from sitscli.core.io import require_exists
+from sitscli.core.io import require_exists, require_input
 from sitscli.core.progress import log
 
 
 @app.command("predict-map")
 def predict_map_command(
-    source: Path = typer.Argument(..., help="Sentinel-2 L2A folder (SAFE, Theia, per-band COGs) or a GeoTIFF stack."),
+    source: str = typer.Argument(..., help="Sentinel-2 L2A folder (SAFE, Theia, per-band COGs), a GeoTIFF stack (local, "
+                                 "URL or /vsis3/...), or a STAC ItemCollection/catalog (file or URL)."),
     model: Path = typer.Option(..., "--model", "-m", help="Classifier run directory (from sits finetune)."),
     out: Path = typer.Option(..., "--out", "-o", help="Class map GeoTIFF to write (class codes or ids, colour table, "
                              "class names; MAP.qml and MAP.clr legends beside it)."),
@@ -30,6 +31,9 @@ def predict_map_command(
     aoi: Optional[str] = typer.Option(None, "--aoi", help="Map only LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file's extent."),
     dates: Optional[str] = typer.Option(None, "--dates", help="Use only acquisitions in START:END (YYYY-MM-DD, either end may be empty)."),
     dates_file: Optional[Path] = typer.Option(None, "--dates-file", help="Dates of a stack's bands, one ISO date a line."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="MGRS tile to map when the input holds several (31TCJ)."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="STAC inputs: use items of at most this "
+                                              "eo:cloud_cover percentage."),
     block: Optional[int] = typer.Option(None, "--block", help="Pixels per side of the blocks read at a time (default 512). "
                                         "Memory is about 3 x dates x bands x block^2 x 4 bytes."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Pixels per forward pass (default 2048)."),
@@ -46,11 +50,11 @@ def predict_map_command(
     """Classify every pixel of an image time series with a fine-tuned run into a GeoTIFF map."""
     from sitscli.workflows.predict_map import DEFAULTS, predict_map
 
-    require_exists(source, "input")
+    require_input(source, "input")
     flags = {
         "probabilities": probabilities, "confidence": confidence, "prob_dtype": prob_dtype,
         "bands": band_list(bands), "aoi": _aoi(aoi), "date_range": parse_date_range(dates), "dates_file": dates_file,
-        "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress, "colors": colors,
+        "tile": tile, "max_cloud": max_cloud, "block": block, "batch_size": batch_size, "device": device, "cog": cog, "compress": compress, "colors": colors,
         "resume": resume, "overwrite": overwrite,
     }
     options = config.resolve(DEFAULTS, config.load_yaml(config_file) if config_file else {}, flags)

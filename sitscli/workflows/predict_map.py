@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from sitscli import __version__
 from sitscli.core.dates import iso
 from sitscli.core.errors import CheckpointError, ConfigError
-from sitscli.core.io import check_output, lock_output
+from sitscli.core.io import check_output, gdal_path, is_remote, lock_output, require_input
 from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
@@ -34,7 +34,7 @@ PERCENT = 0.01
 
 DEFAULTS = {
     "probabilities": None, "confidence": None, "prob_dtype": "uint8", "bands": None, "aoi": None,
-    "date_range": None, "dates_file": None, "block": 512, "batch_size": 2048, "device": "auto",
+    "date_range": None, "dates_file": None, "tile": None, "max_cloud": None, "block": 512, "batch_size": 2048, "device": "auto",
     "cog": True, "compress": "deflate", "colors": None, "resume": False, "overwrite": False,
 }
 
@@ -43,11 +43,13 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
                 probabilities: str | Path | None = None, confidence: str | Path | None = None,
                 prob_dtype: str = "uint8", bands: list[str] | None = None, aoi=None,
                 date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
-                block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
+                tile: str | None = None, max_cloud: float | None = None, block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
                 compress: str = "deflate", colors: str | Path | None = None, resume: bool = False,
                 overwrite: bool = False, after_block: Callable[[int], None] | None = None,
                 after_publish: Callable[[Path], None] | None = None) -> dict:
-    """Map `source` (an L2A folder, a GeoTIFF stack, or an opened `Cube`) with the classifier `model`.
+    """Map `source` (an L2A folder, a GeoTIFF stack, a STAC document, or an opened `Cube`) with the
+    classifier `model`. A stack or STAC document may be a URL or GDAL virtual path; `tile` and
+    `max_cloud` choose the items of a STAC document (see `open_source`).
 
     Writes `out` (the class codes of the run, or class ids 0..K-1 when it has none; colour table,
     class names, .qml and .clr legends), and optionally `probabilities` (one band per class) and
@@ -65,7 +67,9 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     outputs = _check_outputs(out, probabilities, confidence, overwrite, resume)
     net, card = load_model(Path(model), torch_device)
     spec = _classifier_spec(card)
-    cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file)
+    with streaming_env():  # remote sources are opened with the retries of the streaming settings
+        cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file, tile=tile,
+                     max_cloud=max_cloud)
     log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
         f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
     warn_outside_training(cube.dates, card, spec)
@@ -124,7 +128,7 @@ def _classifier_spec(card: ModelCard) -> registry.ModelSpec:
     return spec
 
 
-def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cube:
+def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file, tile=None, max_cloud=None) -> Cube:
     """Open the source and check it holds the model's bands, in the model's order."""
     if isinstance(source, Cube):
         cube = source
@@ -133,8 +137,9 @@ def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file) -> Cub
 
         # Without --bands the reader is asked for the model's bands, in the model's order; --bands
         # names the bands of a stack that does not name them itself (a subset is taken below).
-        cube = open_source(Path(source), bands=bands or list(card.info.band_names), aoi=aoi,
-                           date_range=date_range, dates_file=Path(dates_file) if dates_file else None)
+        cube = open_source(require_input(source, "input"), bands=bands or list(card.info.band_names), aoi=aoi,
+                           date_range=date_range, dates_file=Path(dates_file) if dates_file else None, tile=tile,
+                           max_cloud=max_cloud)
     check_modalities(card, ("s2",))  # maps are made from Sentinel-2 alone
     if list(cube.band_names) != list(card.info.band_names):
         lacking = [b for b in card.info.band_names if b not in cube.band_names]
@@ -183,11 +188,17 @@ def _targets(outputs: dict[str, Path], card: ModelCard, cube: Cube, prob_dtype: 
     return targets
 
 
+def _input_name(source) -> str:
+    if isinstance(source, Cube):
+        return repr(type(source).__name__)
+    return gdal_path(source) if is_remote(source) else str(Path(source).resolve())
+
+
 def _fingerprint(source, card: ModelCard, cube: Cube) -> dict:
     """What must not change between a run and its --resume."""
     grid = cube.grid
     return {
-        "input": str(Path(source).resolve()) if not isinstance(source, Cube) else repr(type(source).__name__),
+        "input": _input_name(source),
         "model": str(Path(card.run_dir).resolve()) + "@" + str(card.weights_sha256),
         "grid": [grid.crs.to_string() if grid.crs else "", list(grid.transform)[:6], grid.height, grid.width],
         "dates": [int(d) for d in cube.dates],
