@@ -19,6 +19,10 @@ from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
 from sitscli.core.io import gdal_path, is_remote, require_input
 from sitscli.data.readers import detect_layout, open_source, streaming_env
 from sitscli.data.synthetic import write_synthetic
+from sitscli.workflows.predict_map import predict_map
+
+from _cli import sits
+from test_predict_map import run_dir  # noqa: F401  (a stand-in classifier reading B04 and B08)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -172,3 +176,30 @@ def test_stac_filters(scene, tmp_path):
         open_source(collection, tile="32ULU")
     with pytest.raises(ConfigError, match="--max-cloud filters the items of a STAC catalog"):
         open_source(scene.l2a, max_cloud=50)
+
+
+def test_cli_maps_two_catalog_tiles_over_http(scene, run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`sits predict-map URL --tiles`: a catalog of two tiles -> two maps equal to the one-tile map, and a mosaic."""
+    collection = _item_collection(scene, None)
+    second = json.loads(json.dumps(collection["features"]))
+    for item in second:                       # the same acquisitions, catalogued as a second tile
+        item["id"] += "-31TDJ"
+        item["properties"]["s2:mgrs_tile"] = "31TDJ"
+    single = tmp_path / "single.tif"
+    predict_map(scene.l2a, model=run_dir, out=single, block=16, device="cpu")
+    with serve(scene.l2a) as url:
+        remote = _item_collection(scene, url)
+        remote["features"] += [{**item, "assets": {k: {**a, "href": f"{url}/{Path(a['href']).parent.name}/"
+                                                                      f"{Path(a['href']).name}"}
+                                                   for k, a in item["assets"].items()}} for item in second]
+        (tmp_path / "items.json").write_text(json.dumps(remote))
+        with serve(tmp_path) as catalog_url:
+            code, out, err = sits(monkeypatch, capsys, "predict-map", f"{catalog_url}/items.json", "--model", run_dir,
+                                  "--out", tmp_path / "maps", "--tiles", "all", "--block", "16", "--device", "cpu")
+    assert code == 0, err
+    assert "T31TCJ" in out and "mosaic:" in out
+    with rasterio.open(single) as ds:
+        expected = ds.read(1)
+    for name in ("T31TCJ.tif", "T31TDJ.tif", "mosaic.vrt"):
+        with rasterio.open(tmp_path / "maps" / name) as ds:
+            np.testing.assert_array_equal(ds.read(1), expected)

@@ -17,6 +17,7 @@ from sitscli.core.errors import CheckpointError, ConfigError
 from sitscli.core.io import check_output, gdal_path, is_remote, lock_output, require_input
 from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
+from sitscli.data.readers.common import normalise_tile
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
 from sitscli.engine.device import resolve_device
@@ -86,6 +87,91 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
             "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
             "model": card.model_name, "dates": len(cube.dates)}
+
+
+MOSAIC = "mosaic"   # OUT_DIR/mosaic.vrt (or mosaic_EPSG_32631.vrt ... when the tiles span several CRS)
+
+
+def predict_tiles(sources: list, *, model: str | Path, out_dir: str | Path, tiles: list[str] | None = None,
+                  overwrite: bool = False, **options) -> dict:
+    """Map several inputs, or several tiles of one STAC document, into `out_dir`/NAME.tif each plus a
+    VRT mosaic (`out_dir`/mosaic.vrt).
+
+    NAME is 'T31TCJ' for a tile of `tiles`, else the input's name (folder, file stem). A tile whose map
+    is there (and no partial map beside it) is skipped, a partial one is resumed, unless `overwrite`:
+    so a job killed at any point, or a SLURM array with one tile per task, is completed by running the
+    same command again. `tiles`: MGRS tiles of a single STAC source, or ['all'] for every tile in it.
+    Other options are `predict_map`'s (per-tile probability and confidence rasters are not offered).
+    Returns {tile name: summary (or {'skipped': True})}, 'mosaics': the VRT paths}.
+    """
+    if options.get("probabilities") or options.get("confidence"):
+        raise ConfigError("--probabilities and --confidence take one input: map tiles one at a time to get them")
+    options.pop("resume", None)        # decided per tile: a partial map is always continued
+    out_dir = Path(out_dir)
+    if out_dir.suffix.lower() in (".tif", ".tiff"):
+        raise ConfigError(f"--out {out_dir}: with several inputs or --tiles, --out is a folder (one map per tile "
+                          "and mosaic.vrt go there)")
+    jobs = _tile_jobs(sources, tiles)
+    results: dict = {}
+    for name, source, tile in jobs:
+        out = out_dir / f"{name}.tif"
+        unfinished = BlockProgress.sidecar(partial_path(out)).is_file()
+        if out.exists() and not unfinished and not overwrite:
+            log(f"{name}: already mapped ({out}): skipped (pass --overwrite to map it again)")
+            results[name] = {"skipped": True, "outputs": {"map": str(out)}}
+            continue
+        log(f"{name}: mapping {source}" + (f" tile {tile}" if tile else ""))
+        results[name] = predict_map(source, model=model, out=out, tile=tile, resume=unfinished and not overwrite,
+                                    overwrite=overwrite, **options)
+    maps = [out_dir / f"{name}.tif" for name, _, _ in jobs]
+    return {"tiles": results, "mosaics": [str(p) for p in write_mosaics(maps, out_dir)]}
+
+
+def _tile_jobs(sources: list, tiles: list[str] | None) -> list[tuple[str, object, str | None]]:
+    """(output name, source, tile or None) of every map to make."""
+    if tiles:
+        if len(sources) != 1:
+            raise ConfigError("--tiles picks tiles of one STAC catalog: give a single input with it")
+        source = require_input(sources[0], "input")
+        if [t.lower() for t in tiles] == ["all"]:
+            from sitscli.data.readers import stac
+
+            if not stac.is_stac(source):
+                raise ConfigError("--tiles all lists the tiles of a STAC catalog; the input is not one")
+            tiles = stac.tiles(source)
+        names = [f"T{normalise_tile(t)}" for t in tiles]
+        jobs = [(name, source, name) for name in names]
+    else:
+        jobs = [(_input_stem(s), s, None) for s in sources]
+    names = [name for name, _, _ in jobs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"several inputs would write the same map ({', '.join(repeated)}.tif): give each tile "
+                          "its own folder name, or list each tile once")
+    return jobs
+
+
+def _input_stem(source) -> str:
+    """The map name of an input: its tile when it is a cube that knows it, else its folder or file name."""
+    if isinstance(source, Cube):
+        if not source.tile:
+            raise ConfigError("an in-memory cube without a tile cannot name its map")
+        return f"T{source.tile}"
+    name = str(source).rstrip("/").rsplit("/", 1)[-1]
+    return name.split(".")[0] if "." in name and not name.startswith(".") else name
+
+
+def write_mosaics(maps: list[Path], out_dir: Path) -> list[Path]:
+    """mosaic.vrt over the maps that exist, or one mosaic_<CRS>.vrt per CRS when they span several."""
+    from sitscli.mapping.mosaic import group_by_crs, write_vrt
+
+    existing = [m for m in maps if m.exists()]
+    if not existing:
+        return []
+    groups = group_by_crs(existing)
+    if len(groups) == 1:
+        return [write_vrt(existing, out_dir / f"{MOSAIC}.vrt")]
+    return [write_vrt(group, out_dir / f"{MOSAIC}_{crs.replace(':', '_')}.vrt") for crs, group in groups.items()]
 
 
 def warn_outside_training(dates: np.ndarray, card: ModelCard, spec: registry.ModelSpec) -> None:
