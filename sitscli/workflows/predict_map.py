@@ -21,6 +21,7 @@ from sitscli.data.readers.common import normalise_tile
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
 from sitscli.engine.device import resolve_device
+from sitscli.engine.distributed import DistContext, gather, process_group
 from sitscli.data.readers import streaming_env
 from sitscli.mapping.blocks import BlockProgress, partial_path
 from sitscli.mapping.geotiff import COMPRESSIONS, RasterSpec, class_map_spec, legend_tags
@@ -44,10 +45,11 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
                 probabilities: str | Path | None = None, confidence: str | Path | None = None,
                 prob_dtype: str = "uint8", bands: list[str] | None = None, aoi=None,
                 date_range: tuple[int, int] | None = None, dates_file: str | Path | None = None,
-                tile: str | None = None, max_cloud: float | None = None, block: int = 512, batch_size: int = 2048, device: str = "auto", cog: bool = True,
+                tile: str | None = None, max_cloud: float | None = None, block: int = 512,
+                batch_size: int = 2048, device: str = "auto", cog: bool = True,
                 compress: str = "deflate", colors: str | Path | None = None, resume: bool = False,
                 overwrite: bool = False, after_block: Callable[[int], None] | None = None,
-                after_publish: Callable[[Path], None] | None = None) -> dict:
+                after_publish: Callable[[Path], None] | None = None, ctx: DistContext | None = None) -> dict:
     """Map `source` (an L2A folder, a GeoTIFF stack, a STAC document, or an opened `Cube`) with the
     classifier `model`. A stack or STAC document may be a URL or GDAL virtual path; `tile` and
     `max_cloud` choose the items of a STAC document (see `open_source`).
@@ -57,36 +59,40 @@ def predict_map(source: str | Path | Cube, *, model: str | Path, out: str | Path
     `confidence` (the largest probability); COGs unless `cog` is False. `colors` is a colour file
     (`sitscli.core.legend.read_color_file`) replacing the run's class colours. Returns a summary.
     Every option, the model and the input are checked before the first byte is written.
+
+    Under torchrun (WORLD_SIZE > 1; gloo on CPU, NCCL on GPUs) the ranks share the blocks of the map
+    and rank 0 writes it (see `write_map`); `ctx` is a process group set up by the caller.
     """
-    if prob_dtype not in PROB_DTYPES:
-        raise ConfigError(f"--prob-dtype {prob_dtype!r}: choose one of {', '.join(PROB_DTYPES)}")
-    if compress not in COMPRESSIONS:
-        raise ConfigError(f"--compress {compress!r}: choose one of {', '.join(COMPRESSIONS)}")
-    if block < 16 or batch_size < 1:
-        raise ConfigError("--block must be at least 16 pixels and --batch-size at least 1")
-    torch_device = resolve_device(device)
-    outputs = _check_outputs(out, probabilities, confidence, overwrite, resume)
-    net, card = load_model(Path(model), torch_device)
-    spec = _classifier_spec(card)
-    with streaming_env():  # remote sources are opened with the retries of the streaming settings
-        cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file, tile=tile,
-                     max_cloud=max_cloud)
-    log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
-        f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
-    warn_outside_training(cube.dates, card, spec)
-    classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
-                                 batch_size=batch_size, device=torch_device)
-    class_colors = list(card.info.class_colors) or default_colors(card.info.class_names)
-    if colors is not None:
-        class_colors = apply_color_file(colors, card.info.class_names, card.info.class_codes, class_colors)
-    targets = _targets(outputs, card, cube, prob_dtype, class_colors)
-    with streaming_env():
-        summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
-                            fingerprint=_fingerprint(source, card, cube), after_block=after_block,
-                            after_publish=after_publish)
-    return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
-            "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
-            "model": card.model_name, "dates": len(cube.dates)}
+    with process_group(device, ctx) as ctx:
+        if prob_dtype not in PROB_DTYPES:
+            raise ConfigError(f"--prob-dtype {prob_dtype!r}: choose one of {', '.join(PROB_DTYPES)}")
+        if compress not in COMPRESSIONS:
+            raise ConfigError(f"--compress {compress!r}: choose one of {', '.join(COMPRESSIONS)}")
+        if block < 16 or batch_size < 1:
+            raise ConfigError("--block must be at least 16 pixels and --batch-size at least 1")
+        torch_device = ctx.device if ctx is not None else resolve_device(device)
+        outputs = _check_outputs(out, probabilities, confidence, overwrite, resume)
+        net, card = load_model(Path(model), torch_device)
+        spec = _classifier_spec(card)
+        with streaming_env():  # remote sources are opened with the retries of the streaming settings
+            cube = _open(source, card, bands=bands, aoi=aoi, date_range=date_range, dates_file=dates_file, tile=tile,
+                         max_cloud=max_cloud)
+        log(f"mapping {cube.grid.width} x {cube.grid.height} pixels, {len(cube.dates)} dates "
+            f"({iso(cube.dates[0])} to {iso(cube.dates[-1])}) with {card.model_name} on {torch_device}")
+        warn_outside_training(cube.dates, card, spec)
+        classifier = PixelClassifier(net, card.info.num_classes, compact=spec.compact, max_len=spec.max_len,
+                                     batch_size=batch_size, device=torch_device)
+        class_colors = list(card.info.class_colors) or default_colors(card.info.class_names)
+        if colors is not None:
+            class_colors = apply_color_file(colors, card.info.class_names, card.info.class_codes, class_colors)
+        targets = _targets(outputs, card, cube, prob_dtype, class_colors)
+        with streaming_env():
+            summary = write_map(cube, classifier, targets, block=block, resume=resume, cog=cog, compress=compress,
+                                fingerprint=_fingerprint(source, card, cube), after_block=after_block,
+                                after_publish=after_publish, ctx=ctx)
+        return {**summary, "outputs": {k: str(v) for k, v in outputs.items()}, "classes": card.info.class_names,
+                "class_values": pixel_values(card.info.num_classes, card.info.class_codes),
+                "model": card.model_name, "dates": len(cube.dates)}
 
 
 MOSAIC = "mosaic"   # OUT_DIR/mosaic.vrt (or mosaic_EPSG_32631.vrt ... when the tiles span several CRS)
@@ -112,19 +118,28 @@ def predict_tiles(sources: list, *, model: str | Path, out_dir: str | Path, tile
         raise ConfigError(f"--out {out_dir}: with several inputs or --tiles, --out is a folder (one map per tile "
                           "and mosaic.vrt go there)")
     jobs = _tile_jobs(sources, tiles)
-    results: dict = {}
-    for name, source, tile in jobs:
-        out = out_dir / f"{name}.tif"
-        unfinished = BlockProgress.sidecar(partial_path(out)).is_file()
-        if out.exists() and not unfinished and not overwrite:
-            log(f"{name}: already mapped ({out}): skipped (pass --overwrite to map it again)")
-            results[name] = {"skipped": True, "outputs": {"map": str(out)}}
-            continue
-        log(f"{name}: mapping {source}" + (f" tile {tile}" if tile else ""))
-        results[name] = predict_map(source, model=model, out=out, tile=tile, resume=unfinished and not overwrite,
-                                    overwrite=overwrite, **options)
+    with process_group(options.get("device", "auto")) as ctx:
+        results = {name: _map_tile(name, source, tile, model=model, out=out_dir / f"{name}.tif",
+                                   overwrite=overwrite, ctx=ctx, **options) for name, source, tile in jobs}
+    if ctx is not None and not ctx.is_main:
+        return {"tiles": results, "mosaics": []}
     maps = [out_dir / f"{name}.tif" for name, _, _ in jobs]
     return {"tiles": results, "mosaics": [str(p) for p in write_mosaics(maps, out_dir)]}
+
+
+def _map_tile(name: str, source, tile: str | None, *, model, out: Path, overwrite: bool,
+              ctx: DistContext | None, **options) -> dict:
+    """One tile's map: skipped when finished, resumed when partial (rank 0 decides for every rank)."""
+    unfinished = BlockProgress.sidecar(partial_path(out)).is_file()
+    finished = out.exists() and not unfinished and not overwrite
+    if ctx is not None:   # the ranks must agree, and rank 0 may already be writing the tile's files
+        unfinished, finished = gather((unfinished, finished), ctx)[0]
+    if finished:
+        log(f"{name}: already mapped ({out}): skipped (pass --overwrite to map it again)")
+        return {"skipped": True, "outputs": {"map": str(out)}}
+    log(f"{name}: mapping {source}" + (f" tile {tile}" if tile else ""))
+    return predict_map(source, model=model, out=out, tile=tile, resume=unfinished and not overwrite,
+                       overwrite=overwrite, ctx=ctx, **options)
 
 
 def _tile_jobs(sources: list, tiles: list[str] | None) -> list[tuple[str, object, str | None]]:
