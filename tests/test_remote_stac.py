@@ -203,3 +203,22 @@ def test_cli_maps_two_catalog_tiles_over_http(scene, run_dir, tmp_path, monkeypa
     for name in ("T31TCJ.tif", "T31TDJ.tif", "mosaic.vrt"):
         with rasterio.open(tmp_path / "maps" / name) as ds:
             np.testing.assert_array_equal(ds.read(1), expected)
+
+
+def test_cli_prepares_a_dataset_from_a_catalog_url(scene, tmp_path, monkeypatch, capsys):
+    """`sits prepare s2 URL`: the same samples as from the COG folder, with --tile and --max-cloud honoured."""
+    from sitscli.data.prepared import open_prepared
+
+    common = ("--labels", scene.parcels, "--class-field", scene.class_field, "--bands", "B04,B08",
+              "--max-per-polygon", 5, "--max-cloud", 100, "--tile", "31TCJ")
+    with serve(scene.l2a) as url:
+        (tmp_path / "items.json").write_text(json.dumps(_item_collection(scene, url)))
+        with serve(tmp_path) as catalog_url:
+            code, out, err = sits(monkeypatch, capsys, "prepare", "s2", f"{catalog_url}/items.json", *common,
+                                  "--out", tmp_path / "remote")
+    assert code == 0, err
+    code, _, err = sits(monkeypatch, capsys, "prepare", "s2", scene.l2a, *common[:-4], "--out", tmp_path / "local")
+    assert code == 0, err
+    remote, local = open_prepared(tmp_path / "remote.sits"), open_prepared(tmp_path / "local.sits")
+    for name in ("x", "valid", "date", "y", "split"):
+        np.testing.assert_array_equal(np.asarray(remote.ds[name]), np.asarray(local.ds[name]))
