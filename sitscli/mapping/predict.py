@@ -249,7 +249,7 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
 
     Returns a summary: blocks, blocks skipped (resumed), pixels, pixels mapped.
     """
-    ctx = ctx or DistContext(0, 1, 0, classifier.device)
+    ctx = ctx or DistContext(0, 1, 0, torch.device("cpu"))   # one process (its device is the classifier's business)
     blocks = list(enumerate(cube.windows(block)))
     partials = [partial_path(t.path) for t in targets]
     fingerprint = {**fingerprint, "block": block, "outputs": [[t.path.name, t.spec.dtype, t.spec.count] for t in targets]}
@@ -284,16 +284,15 @@ def write_map(cube: Cube, classifier: PixelClassifier, targets: list[MapTarget],
                     index, window, values, valid = item
                     probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window))
                     mapped = (index, [t.encode(probs) for t in targets], int((~np.isnan(probs[0])).sum()))
-                for result in gather(mapped, ctx, to_main=True):
+                for result in gather(mapped, ctx, to_main=True):   # [] on the ranks other than 0
                     if result is None:
                         continue
                     index, encoded, count = result
-                    if ctx.is_main:
-                        for partial, data in zip(partials, encoded):
-                            geotiff.write_window(partial, blocks[index][1], data)
-                        state.mark(index, count)
+                    for partial, data in zip(partials, encoded):
+                        geotiff.write_window(partial, blocks[index][1], data)
+                    state.mark(index, count)
                     bar.advance()
-                    if after_block is not None and ctx.is_main:
+                    if after_block is not None:
                         after_block(len(state.done))
         if not ctx.is_main:
             return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
