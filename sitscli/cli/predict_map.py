@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -68,9 +69,13 @@ def predict_map_command(
         if tile:
             raise ConfigError("--tile picks the tile of one map; with several inputs use --tiles")
         options.pop("tile")
-        _report_tiles(predict_tiles(sources, model=model, out_dir=out, tiles=tile_list, **options), as_json)
+        summary = predict_tiles(sources, model=model, out_dir=out, tiles=tile_list, **options)
+        if _is_main_rank():
+            _report_tiles(summary, as_json)
         return
     summary = predict_map(sources[0], model=model, out=out, **options)
+    if not _is_main_rank():
+        return    # under torchrun rank 0 wrote the map and reports it
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -78,6 +83,10 @@ def predict_map_command(
         + (f", {summary['blocks_resumed']} resumed" if summary["blocks_resumed"] else "") + ")")
     for kind, path in summary["outputs"].items():
         typer.echo(f"{kind}: {path}")
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _report_tiles(summary: dict, as_json: bool) -> None:
