@@ -12,14 +12,14 @@ from sitscli.cli.app import app
 from sitscli.cli.common import COG_OPTION, CONFIG_OPTION, JSON_OPTION, OVERWRITE_OPTION, band_list
 from sitscli.core import config
 from sitscli.core.dates import parse_date_range
-from sitscli.core.io import require_exists
+from sitscli.core.io import require_input
 from sitscli.core.progress import log
 
 
 @app.command("change-detect")
 def change_detect_command(
-    a: Path = typer.Argument(..., help="Series A (e.g. year 1): an L2A folder or a GeoTIFF stack. The output is on its grid."),
-    b: Path = typer.Argument(..., help="Series B (e.g. year 2), same area; resampled onto A's grid when on another."),
+    a: str = typer.Argument(..., help="Series A (e.g. year 1): an L2A folder or a GeoTIFF stack. The output is on its grid."),
+    b: str = typer.Argument(..., help="Series B (e.g. year 2), same area; resampled onto A's grid when on another."),
     out: Path = typer.Option(..., "--out", "-o", help="Change score GeoTIFF to write (float32, NaN = no score)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="ALISE run (pre-training or fine-tuned); needed by --method alise."),
     method: Optional[str] = typer.Option(None, "--method", help="alise (default: distance of aligned representations, eq. 12) "
@@ -45,8 +45,8 @@ def change_detect_command(
     """Score change between two image time series of one area (any dates) into a GeoTIFF."""
     from sitscli.workflows.change_detect import DEFAULTS, change_detect
 
-    require_exists(a, "series A")
-    require_exists(b, "series B")
+    require_input(a, "series A")
+    require_input(b, "series B")
     flags = {
         "model": model, "method": method, "threshold": threshold, "binary_out": binary_out, "reference": reference,
         "reference_field": reference_field, "roc_out": roc_out, "patch": patch, "overlap": overlap, "block": block,

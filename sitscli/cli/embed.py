@@ -11,12 +11,12 @@ import typer
 from sitscli.cli.app import app
 from sitscli.cli.common import COG_OPTION, CONFIG_OPTION, JSON_OPTION, band_list
 from sitscli.core import config
-from sitscli.core.io import require_exists
+from sitscli.core.io import require_input
 
 
 @app.command("embed")
 def embed_command(
-    source: Path = typer.Argument(..., help="Sentinel-2 L2A folder or a GeoTIFF stack."),
+    source: str = typer.Argument(..., help="Sentinel-2 L2A folder or a GeoTIFF stack."),
     model: Path = typer.Option(..., "--model", "-m", help="ALISE run (pre-training or fine-tuned)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: a float32 GeoTIFF of n_q x d_model bands, or a zarr store."),
     format: Optional[str] = typer.Option(None, "--format", help="gtiff (default) or zarr (for many bands on large areas)."),
@@ -35,7 +35,7 @@ def embed_command(
     """Write the aligned representation (ALISE's Y) of every pixel of an image time series."""
     from sitscli.workflows.embed import DEFAULTS, embed
 
-    require_exists(source, "input")
+    require_input(source, "input")
     flags = {"format": format, "patch": patch, "overlap": overlap, "block": block, "batch_size": batch_size,
              "device": device, "cog": cog, "overwrite": overwrite,
              "bands": band_list(bands)}

@@ -83,7 +83,8 @@ def _l2a_lines(path: Path, s: dict) -> list[str]:
 
 @prepare_app.command("s2")
 def prepare_s2_command(
-    folder: Optional[Path] = typer.Argument(None, help="Sentinel-2 L2A folder: SAFE (or .SAFE.zip), Theia, per-band COGs, a stack."),
+    folder: Optional[str] = typer.Argument(None, help="Sentinel-2 L2A folder: SAFE (or .SAFE.zip), Theia, per-band COGs, "
+                                           "a stack (local, URL or /vsis3/...), or a STAC ItemCollection/catalog (file or URL)."),
     out: Optional[Path] = _OUT,
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Vector labels (GeoPackage, shapefile, GeoJSON)."),
     class_field: Optional[str] = typer.Option(None, "--class-field", "-c", help="Attribute holding the class name."),
@@ -95,6 +96,8 @@ def prepare_s2_command(
     aoi: Optional[str] = typer.Option(None, "--aoi", help="LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file whose extent is used."),
     dates: Optional[str] = typer.Option(None, "--dates", help="Acquisitions in START:END (YYYY-MM-DD, either end may be empty)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="MGRS tile to read when the folder holds several (31TCJ)."),
+    max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="STAC sources: keep items of at most this "
+                                              "eo:cloud_cover percentage."),
     valid_scl: Optional[str] = typer.Option(None, "--valid-scl", help="SCL classes counted clear (default 4,5,6,7; add 11 for snow)."),
     buffer: Optional[float] = typer.Option(None, "--buffer", help="Metres to shrink (negative) or grow polygons by before sampling (default 0)."),
     max_per_polygon: Optional[int] = typer.Option(None, "--max-per-polygon", help="Pixels drawn per polygon (default 200; 0 = all)."),
@@ -124,7 +127,7 @@ def prepare_s2_command(
     with train/val/test splits."""
     _run("s2", {"folder": folder, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
                 "code_field": code_field, "colors": colors,
-                "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "valid_scl": valid_scl, "buffer": buffer,
+                "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "max_cloud": max_cloud, "valid_scl": valid_scl, "buffer": buffer,
                 "max_per_polygon": max_per_polygon, "unlabeled": unlabeled, "patch_size": patch_size,
                 "s1": s1, "s1_orbit": s1_orbit, "s1_units": s1_units, "planetscope": planetscope, "vhr": vhr,
                 "vhr_bands": vhr_bands, "vhr_resolution": vhr_resolution, "keep_cloudy": keep_cloudy,

@@ -33,6 +33,40 @@ from sitscli.core.errors import ConfigError, InputNotFoundError, OutputExistsErr
 LOCK_WAIT_S = 0.3
 
 
+# URL schemes and the GDAL virtual file system that reads them by byte ranges (GDAL "Virtual File
+# Systems": /vsicurl/ for HTTP(S), /vsis3/, /vsigs/, /vsiaz/ for object stores, credentials from the
+# usual AWS_*/GOOGLE_*/AZURE_* variables).
+REMOTE_SCHEMES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://", "s3://": "/vsis3/",
+                  "gs://": "/vsigs/", "az://": "/vsiaz/"}
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URL or a GDAL virtual path (`/vsicurl/...`, `/vsis3/...`) rather than a local file."""
+    text = os.fspath(path)
+    return text.startswith("/vsi") or text.startswith(tuple(REMOTE_SCHEMES))
+
+
+def gdal_path(path: str | os.PathLike) -> str:
+    """The name GDAL opens: 's3://bucket/key' -> '/vsis3/bucket/key', 'https://h/x' -> '/vsicurl/https://h/x';
+    GDAL virtual paths and local paths are returned as they are."""
+    text = os.fspath(path)
+    for scheme, prefix in REMOTE_SCHEMES.items():
+        if text.startswith(scheme):
+            return prefix + text[len(scheme):]
+    return text
+
+
+def require_input(path: str | os.PathLike, what: str = "input") -> Path | str:
+    """A local input as an existing Path, or a remote one (URL, GDAL virtual path) as the string GDAL opens.
+
+    Remote inputs are not checked here (that is a network request): opening them says what failed.
+    Never pass a URL through `Path()` first: it folds 'https://' into 'https:/'.
+    """
+    if is_remote(path):
+        return gdal_path(path)
+    return require_exists(path, what)
+
+
 def require_exists(path: str | os.PathLike, what: str = "input") -> Path:
     """Return `path` as a Path, or raise a one-line error naming what was expected there."""
     p = Path(path)

@@ -7,7 +7,9 @@ rank 0 writes files and logs; metrics are summed over ranks before they are aver
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,20 @@ def setup(device_spec: str) -> DistContext:
     return DistContext(rank, world, local_rank, device, owns)
 
 
+@contextlib.contextmanager
+def process_group(device_spec: str, ctx: DistContext | None = None) -> Iterator[DistContext | None]:
+    """`ctx` when the caller has one, else this torchrun job's place for the block (joined at its
+    start, left at its end), else None (one process)."""
+    if ctx is not None or not launched_by_torchrun():
+        yield ctx
+        return
+    ctx = setup(device_spec)
+    try:
+        yield ctx
+    finally:
+        teardown(ctx)
+
+
 def teardown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -93,10 +109,15 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     return bool(sum_over_ranks(torch.tensor([float(flag)]), ctx).item() > 0)
 
 
-def gather(obj, ctx: DistContext) -> list:
-    """Every rank's `obj` (small, JSON-like) on every rank, in rank order."""
+def gather(obj, ctx: DistContext, *, to_main: bool = False) -> list:
+    """Every rank's `obj` (picklable) on every rank, in rank order; with `to_main`, on rank 0 only
+    (the other ranks get [], and nothing is sent back to them: for large objects such as map blocks)."""
     if not ctx.distributed:
         return [obj]
+    if to_main:
+        out = [None] * ctx.world_size if ctx.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out or []
     out = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out

@@ -18,6 +18,7 @@ The pieces, from the inside out:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from sitscli.core.progress import Progress, log
 from sitscli.data.batch import Batch
 from sitscli.data.cube import Cube
 from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
+from sitscli.engine.distributed import DistContext, gather
 from sitscli.engine.signals import INTERRUPTIONS, StopRequested
 from sitscli.mapping import geotiff
 from sitscli.mapping.blocks import BlockProgress, partial_path
@@ -297,7 +299,8 @@ def write_map(cube: Cube, classifier: PixelClassifier | PatchClassifier,
               targets: list[MapTarget], *, block: int,
               fingerprint: dict, resume: bool = False, cog: bool = True, compress: str = "deflate",
               after_block: Callable[[int], None] | None = None,
-              after_publish: Callable[[Path], None] | None = None, label: str = "predict-map") -> dict:
+              after_publish: Callable[[Path], None] | None = None, label: str = "predict-map",
+              ctx: DistContext | None = None) -> dict:
     """Classify `cube` block by block into `targets`, resumable, and move them into place.
 
     Each finished block is written to every partial raster (closed = on disk) before the progress
@@ -310,11 +313,84 @@ def write_map(cube: Cube, classifier: PixelClassifier | PatchClassifier,
     progress callbacks (tests inject faults with them); `label` names the job on
     the progress bar.
 
+    Several processes (`ctx` of a torchrun job, any number of ranks): the blocks left to do are
+    dealt round-robin to the ranks; at each step every rank reads and classifies its next block,
+    and rank 0 gathers the encoded blocks and alone writes the partial rasters, the progress
+    sidecar and the outputs. The files are those of one process, so a job resumes with any number
+    of processes, and the map is the one a single process makes.
+
     Returns a summary: blocks, blocks skipped (resumed), pixels, pixels mapped.
     """
+    ctx = ctx or DistContext(0, 1, 0, torch.device("cpu"))   # one process (its device is the classifier's business)
     blocks = list(enumerate(cube.windows(block)))
     partials = [partial_path(t.path) for t in targets]
     fingerprint = {**fingerprint, "block": block, "outputs": [[t.path.name, t.spec.dtype, t.spec.count] for t in targets]}
+    state, published, todo = None, [False] * len(targets), []
+    failure = None
+    if ctx.is_main:
+        try:
+            state, published, todo = _start(cube, targets, partials, fingerprint, blocks, resume, compress)
+        except BaseException as exc:   # told to the other ranks, which would otherwise wait for rank 0
+            failure = exc
+    plan = gather((None if failure is None else str(failure), todo), ctx)[0]
+    if failure is not None:
+        raise failure
+    if plan[0] is not None:
+        raise SitsError(f"rank 0 could not start the map: {plan[0]}")
+    todo = plan[1]
+    skipped = len(blocks) - len(todo)
+    if skipped and ctx.is_main:
+        log(f"resuming: {skipped} of {len(blocks)} blocks already done")
+    if ctx.distributed and ctx.is_main:
+        log(f"{ctx.world_size} processes share the {len(todo)} blocks to map")
+    note = "the finished blocks are kept; continue with the same command and --resume"
+    mine = [blocks[i] for i in todo[ctx.rank::ctx.world_size]]
+    steps = -(-len(todo) // ctx.world_size)
+    try:
+        with Progress(len(blocks), label) as bar, contextlib.closing(prefetch(cube, mine)) as reader:
+            bar.advance(skipped)
+            for _ in range(steps):
+                item = next(reader, None)
+                mapped = None
+                if item is not None:
+                    index, window, values, valid = item
+                    probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window),
+                                                      window=window)
+                    mapped = (index, [t.encode(probs) for t in targets], int((~np.isnan(probs[0])).sum()))
+                for result in gather(mapped, ctx, to_main=True):   # [] on the ranks other than 0
+                    if result is None:
+                        continue
+                    index, encoded, count = result
+                    for partial, data in zip(partials, encoded):
+                        geotiff.write_window(partial, blocks[index][1], data)
+                    state.mark(index, count)
+                    bar.advance()
+                    if after_block is not None:
+                        after_block(len(state.done))
+        if not ctx.is_main:
+            return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
+                    "pixels_mapped": None}
+        if state.mapped_pixels == 0:
+            raise DataContentError("no pixel of the input has a valid observation on any date: nothing to map "
+                                   "(check the cloud masks, the --dates range or the --aoi)")
+    except INTERRUPTIONS as exc:
+        _keep(exc, note)
+        raise
+    except BaseException:
+        if ctx.is_main:
+            for partial in partials:
+                geotiff.discard(partial)
+            state.remove()
+        raise
+    _publish(targets, partials, published, cog=cog, compress=compress, after_publish=after_publish)
+    state.remove()
+    return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
+            "pixels_mapped": state.mapped_pixels}
+
+
+def _start(cube: Cube, targets: list[MapTarget], partials: list[Path], fingerprint: dict,
+           blocks: list[tuple[int, Window]], resume: bool, compress: str) -> tuple[BlockProgress, list[bool], list[int]]:
+    """Rank 0: the job's progress (continued or new), which outputs are published, the blocks to do."""
     state = BlockProgress.start(partials[0], fingerprint, resume=resume)
     published = _published(targets, partials, state, len(blocks))
     if state.done and not all(p.exists() or done for p, done in zip(partials, published)):
@@ -324,38 +400,7 @@ def write_map(cube: Cube, classifier: PixelClassifier | PatchClassifier,
     if not state.done:
         for target, partial in zip(targets, partials):
             geotiff.create(partial, cube.grid, target.spec, compress)
-    todo = [(i, w) for i, w in blocks if i not in state.done]
-    skipped = len(blocks) - len(todo)
-    if skipped:
-        log(f"resuming: {skipped} of {len(blocks)} blocks already done")
-    note = "the finished blocks are kept; continue with the same command and --resume"
-    try:
-        with Progress(len(blocks), label) as bar:
-            bar.advance(skipped)
-            for index, window, values, valid in prefetch(cube, todo):
-                probs = classifier.predict_window(values, valid, cube.dates, pixel_centres(cube.grid.transform, window),
-                                                  window=window)
-                for target, partial in zip(targets, partials):
-                    geotiff.write_window(partial, window, target.encode(probs))
-                state.mark(index, int((~np.isnan(probs[0])).sum()))
-                bar.advance()
-                if after_block is not None:
-                    after_block(len(state.done))
-        if state.mapped_pixels == 0:
-            raise DataContentError("no pixel of the input has a valid observation on any date: nothing to map "
-                                   "(check the cloud masks, the --dates range or the --aoi)")
-    except INTERRUPTIONS as exc:
-        _keep(exc, note)
-        raise
-    except BaseException:
-        for partial in partials:
-            geotiff.discard(partial)
-        state.remove()
-        raise
-    _publish(targets, partials, published, cog=cog, compress=compress, after_publish=after_publish)
-    state.remove()
-    return {"blocks": len(blocks), "blocks_resumed": skipped, "pixels": cube.grid.height * cube.grid.width,
-            "pixels_mapped": state.mapped_pixels}
+    return state, published, [i for i, _ in blocks if i not in state.done]
 
 
 def _published(targets: list[MapTarget], partials: list[Path], state: BlockProgress, n_blocks: int) -> list[bool]:

@@ -14,7 +14,7 @@ import numpy as np
 from sitscli import __version__
 from sitscli.core.dates import iso
 from sitscli.core.errors import ConfigError, DataContentError
-from sitscli.core.io import check_output
+from sitscli.core.io import check_output, require_input
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
 from sitscli.engine.checkpoint import ModelCard, check_bands, load_model, read_card
@@ -110,7 +110,7 @@ def open_series(source: str | Path | Cube, band_names: list[str] | None, *, band
     else:
         from sitscli.data.readers import open_source
 
-        cube = open_source(Path(source), bands=bands or band_names, date_range=date_range)
+        cube = open_source(require_input(source, what), bands=bands or band_names, date_range=date_range)
     if band_names is not None and list(cube.band_names) != list(band_names):
         lacking = [b for b in band_names if b not in cube.band_names]
         if lacking and card is not None:

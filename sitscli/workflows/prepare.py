@@ -15,7 +15,7 @@ from typing import Any
 from sitscli.core.config import check_unique, load_yaml, resolve
 from sitscli.core.dates import parse_date_range
 from sitscli.core.errors import ConfigError
-from sitscli.core.io import check_output, require_exists
+from sitscli.core.io import check_output, gdal_path, is_remote, require_exists
 from sitscli.data.recipes.s2 import DEFAULT_FRACTIONS, DEFAULT_MAX_PER_POLYGON
 
 _FRACTIONS = ",".join(str(f) for f in DEFAULT_FRACTIONS)
@@ -25,7 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "s2": {
         "folder": None, "out": None, "labels": None, "class_field": None, "color_field": None, "code_field": None,
         "colors": None,
-        "bands": None, "aoi": None, "dates": None, "tile": None, "valid_scl": "4,5,6,7",
+        "bands": None, "aoi": None, "dates": None, "tile": None, "max_cloud": None, "valid_scl": "4,5,6,7",
         "buffer": 0.0, "max_per_polygon": DEFAULT_MAX_PER_POLYGON, "unlabeled": 0, "patch_size": None,
         "fractions": _FRACTIONS, "seed": 0, "overwrite": False,
         # other sensors as extra modalities of the same samples (DESIGN.md, "Several sensors")
@@ -158,6 +158,11 @@ def _path(value) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
 
+def _raster_input(value) -> Path | str:
+    """A local source as a Path, a URL or GDAL virtual path as the string GDAL opens (never through Path())."""
+    return gdal_path(value) if is_remote(value) else Path(value).expanduser()
+
+
 def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options as saved with the output: input and output paths made absolute."""
     return {k: str(Path(v).expanduser().resolve()) if isinstance(v, Path) else v for k, v in options.items()}
@@ -169,7 +174,8 @@ def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.s2 import prepare_s2
     from sitscli.data.recipes.sensors import SensorInputs
 
-    o = {**o, **{k: _path(o[k]) for k in ("folder", "out", "labels", "colors", "s1", "planetscope", "vhr")}}
+    o = {**o, **{k: _path(o[k]) for k in ("out", "labels", "colors", "s1", "planetscope", "vhr")}}
+    o["folder"] = _raster_input(o["folder"])
     sensors = SensorInputs(
         s1=o["s1"], s1_orbit=_choice(o["s1_orbit"], ("both", "ascending", "descending"), "--s1-orbit"),
         s1_units=_choice(o["s1_units"], ("auto", "linear", "db"), "--s1-units"), planetscope=o["planetscope"],
@@ -180,6 +186,7 @@ def _run_s2(o: dict) -> PrepareResult:
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         code_field=o["code_field"], colors=o["colors"],
         bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
+        max_cloud=None if o["max_cloud"] is None else float(o["max_cloud"]),
         valid_scl=_numbers(o["valid_scl"], int, "--valid-scl"), buffer=float(o["buffer"]),
         max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
         patch_size=None if o["patch_size"] is None else int(o["patch_size"]),

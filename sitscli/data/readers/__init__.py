@@ -26,10 +26,10 @@ from rasterio.enums import Resampling
 
 from sitscli.core.dates import iso
 from sitscli.core.errors import ConfigError, DataContentError, DataFormatError
-from sitscli.core.io import require_exists
+from sitscli.core.io import is_remote, require_exists, require_input
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube, Grid
-from sitscli.data.readers import bandfiles, cogs, safe, stack, theia
+from sitscli.data.readers import bandfiles, cogs, safe, stac, stack, theia
 from sitscli.data.readers.planetscope import open_planetscope
 from sitscli.data.readers.s1 import open_s1
 from sitscli.data.readers.vhr import open_vhr
@@ -43,9 +43,18 @@ from sitscli.data.readers.common import (
 GDAL_CACHE_MB = 64
 
 
+# Remote rasters (URLs, /vsicurl/, /vsis3/): a failed HTTP request (timeouts, 429, 5xx) is retried
+# with a growing delay before the read fails; GDAL does not list the remote "folder" on open (one
+# request saved per file, and object stores forbid listing); byte ranges of neighbouring blocks are
+# merged into one request.
+REMOTE_ENV = {"GDAL_HTTP_MAX_RETRY": 4, "GDAL_HTTP_RETRY_DELAY": 1, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+              "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "GDAL_HTTP_TIMEOUT": 60,
+              "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.jp2"}
+
+
 def streaming_env() -> rasterio.Env:
-    """GDAL settings for a job that reads every block once (prepare, predict-map, smooth...)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    """GDAL settings for a job that reads every block once (prepare, predict-map, smooth...), local or remote."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, **REMOTE_ENV)
 
 
 __all__ = ["streaming_env", "open_source", "detect_layout", "LAYOUTS", "open_s1", "open_planetscope", "open_vhr"]
@@ -56,12 +65,21 @@ LAYOUTS = {
     "cog": "one folder of band COGs per date (B02.tif or blue.tif ..., SCL.tif)",
     "stack": "a multiband GeoTIFF stack (T x C bands, date-major)",
     "bandfiles": "one GeoTIFF per date per variable (e.g. ndvi/20150711T100008_NDVI.tif, cloud_mask/..._CLM.tif)",
+    "stac": "a STAC ItemCollection, catalog or item (JSON file or URL) of Sentinel-2 L2A items with band COG assets",
 }
 
 
-def detect_layout(path: Path) -> str:
-    """The layout name of `path` (a key of LAYOUTS), or a one-line error listing those understood."""
-    path = require_exists(path, "Sentinel-2 source")
+def detect_layout(path: Path | str) -> str:
+    """The layout name of `path` (a key of LAYOUTS), or a one-line error listing those understood.
+
+    A remote path (URL, GDAL virtual path) is a STAC document when it ends in .json, else a stack:
+    remote folders cannot be listed.
+    """
+    path = require_input(path, "Sentinel-2 source")
+    if stac.is_stac(path):
+        return "stac"
+    if is_remote(path):
+        return "stack"
     if stack.is_stack(path):
         return "stack"
     if safe.find_products(path):
@@ -78,11 +96,12 @@ def detect_layout(path: Path) -> str:
 def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
                 dates_file: Path | None = None, mask: str | None = None, valid_scl: Sequence[int] = DEFAULT_VALID_SCL,
                 tile: str | None = None, theia_product: str = "FRE", resampling: str = "nearest",
-                max_open: int = 128, keep_cloudy: bool = False) -> Cube:
+                max_open: int = 128, keep_cloudy: bool = False, max_cloud: float | None = None) -> Cube:
     """Open a Sentinel-2 L2A folder or stack as a lazily read cube on its 10 m grid.
 
     Args:
-        path: a folder of products (or one product, zip or folder), or a GeoTIFF stack.
+        path: a folder of products (or one product, zip or folder), a GeoTIFF stack (local, a URL or a
+            GDAL virtual path such as /vsis3/...), or a STAC ItemCollection / catalog / item (file or URL).
         bands: band names to read, in this order ('B02', 'B2' and 'blue' are the same band); default:
             the 10 bands B02-B08, B8A, B11, B12 for Sentinel-2 layouts, every variable otherwise.
         aoi: (left, bottom, right, top) in the raster CRS, or a vector file whose bounds (reprojected
@@ -98,12 +117,16 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
         max_open: most files held open at once.
         keep_cloudy: `read` returns the reflectance under clouds too (`valid` stays False there, only
             no-data stays 0), for models that learn from cloudy observations; needs cloud information.
+        max_cloud: STAC sources: keep the items whose `eo:cloud_cover` is at most this percentage.
     Returns:
         a `Cube` whose dates are unique: acquisitions of one day are merged, first clear one first.
         Its `cloud_source` names where `read_cloud` (levels 0-31) comes from, None without clouds.
     """
-    path = require_exists(path, "Sentinel-2 source")
+    path = require_input(path, "Sentinel-2 source")
     layout = detect_layout(path)
+    if max_cloud is not None and layout != "stac":
+        raise ConfigError(f"--max-cloud filters the items of a STAC catalog; {path} is a {layout} source "
+                          "(use --dates to choose its acquisitions)")
     valid_scl = tuple(int(c) for c in valid_scl)
     try:
         resample = Resampling[resampling]
@@ -120,6 +143,8 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
             acquisitions = theia.scan(path, theia_product)
         elif layout == "cog":
             acquisitions = cogs.scan(path, valid_scl)
+        elif layout == "stac":
+            acquisitions = stac.scan(path, valid_scl, max_cloud=max_cloud)
         else:
             acquisitions = bandfiles.scan(path, mask, valid_scl)
         acquisitions = _one_tile(in_date_range(acquisitions, date_range, path), tile, path)

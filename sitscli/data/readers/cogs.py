@@ -30,7 +30,11 @@ BASELINE_OFFSET = -1000.0  # BOA_ADD_OFFSET of processing baseline 04.00 and lat
 
 def _band_of(file: Path) -> str | None:
     """The band a file holds, from its name ('B8A.tif', 'nir08.tif', 'SCL.tif'), or None."""
-    stem = file.stem
+    return band_of_name(file.stem)
+
+
+def band_of_name(stem: str) -> str | None:
+    """The band a file stem or STAC asset key names ('B8A', 'nir08', 'SCL', 'scl'), or None."""
     if stem.lower() in COMMON_NAMES or re.fullmatch(r"B0?\d{1,2}A?", stem, re.IGNORECASE) or stem.upper() == "SCL":
         return canonical_band(stem)
     return None
@@ -74,26 +78,30 @@ def _when(folder: Path, item: dict | None) -> tuple[int, str]:
     return parse_date("".join(match.groups()[:3])), f"{''.join(match.groups()[:3])}T{match[4] or ''}"
 
 
-def _tile(folder: Path, item: dict | None) -> str | None:
-    props = (item or {}).get("properties", {})
+def tile_of(props: dict, name: str) -> str | None:
+    """The MGRS tile of a STAC item's properties (`s2:mgrs_tile`, or the `mgrs:` extension), else of `name`."""
     if props.get("s2:mgrs_tile"):
         return normalise_tile(props["s2:mgrs_tile"])
     if all(k in props for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square")):
         return f"{int(props['mgrs:utm_zone']):02d}{props['mgrs:latitude_band']}{props['mgrs:grid_square']}"
-    match = MGRS_TILE.search(folder.name)
+    match = MGRS_TILE.search(name)
     return match[1] if match else None
 
 
 def _scaling(item: dict | None, file: Path) -> tuple[float, float]:
     """(scale, offset in DN) of one band file: value = (DN + offset) * scale."""
     assets = (item or {}).get("assets", {})
-    for asset in assets.values():
-        href = str(asset.get("href", ""))
-        if href.rsplit("/", 1)[-1] == file.name and asset.get("raster:bands"):
-            raster = asset["raster:bands"][0]
-            scale = float(raster.get("scale", 1.0))
-            return scale, float(raster.get("offset", 0.0)) / scale
-    baseline = str((item or {}).get("properties", {}).get("s2:processing_baseline", "0"))
+    asset = next((a for a in assets.values() if str(a.get("href", "")).rsplit("/", 1)[-1] == file.name), {})
+    return asset_scaling(asset, (item or {}).get("properties", {}))
+
+
+def asset_scaling(asset: dict, props: dict) -> tuple[float, float]:
+    """(scale, offset in DN) of one STAC band asset (a dict) of an item with properties `props`."""
+    if asset.get("raster:bands"):
+        raster = asset["raster:bands"][0]
+        scale = float(raster.get("scale", 1.0))
+        return scale, float(raster.get("offset", 0.0)) / scale
+    baseline = str(props.get("s2:processing_baseline", "0"))
     offset = BASELINE_OFFSET if _version(baseline) >= (4, 0) else 0.0
     return 1e-4, offset
 
@@ -120,6 +128,6 @@ def scan(root: Path, valid_scl: tuple[int, ...]) -> list[Acquisition]:
         reference = next((str(files[b]) for b in ("B02", "B03", "B04", "B08") if b in files), str(next(iter(files.values()))))
         masks = (MaskFile(str(files["SCL"]), tuple(valid_scl)),) if "SCL" in files else ()
         cloud = CloudFile(str(files["SCL"]), "scl") if "SCL" in files else None
-        acquisitions.append(Acquisition(date=date, stamp=stamp, product=folder.name, tile=_tile(folder, item),
+        acquisitions.append(Acquisition(date=date, stamp=stamp, product=folder.name, tile=tile_of((item or {}).get("properties", {}), folder.name),
                                         bands=bands, reference=reference, masks=masks, cloud=cloud))
     return acquisitions

@@ -29,6 +29,7 @@ from rasterio.windows import Window, from_bounds
 
 from sitscli.core.dates import iso
 from sitscli.core.errors import DataContentError, DataFormatError, InputNotFoundError
+from sitscli.core.io import is_remote
 from sitscli.data.cube import Cube, Grid
 
 # The 10 bands used by default: the 60 m atmospheric bands B01 and B09 are left out, as in
@@ -195,6 +196,10 @@ def open_raster(path: str) -> rasterio.DatasetReader:
 
 def corrupt(path: str, exc: Exception) -> DataFormatError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_remote(path):
+        return DataFormatError(f"cannot read remote raster {path}: {reason} (check the URL, the network and the "
+                               "credentials, e.g. AWS_* variables for /vsis3/; failed requests were retried "
+                               "GDAL_HTTP_MAX_RETRY times)")
     return DataFormatError(f"cannot read raster {path}: {reason} (corrupt or truncated file: download it again)")
 
 

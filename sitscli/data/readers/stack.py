@@ -21,6 +21,7 @@ from rasterio.enums import Resampling
 
 from sitscli.core.dates import iso, parse_date
 from sitscli.core.errors import ConfigError, DataFormatError
+from sitscli.core.io import is_remote
 from sitscli.data.cube import Cube, Grid
 from sitscli.data.readers.common import DatasetPool, canonical_band, cloud_level, read_on_grid, window_bounds
 
@@ -170,7 +171,7 @@ class StackCube(Cube):
         return 1.0 - self.coarse_valid(int(math.sqrt(max_pixels))).reshape(len(self.dates), -1).mean(axis=1)
 
 
-def open_stack(path: Path, *, bands: list[str] | None, dates_file: Path | None, valid_scl: tuple[int, ...],
+def open_stack(path: Path | str, *, bands: list[str] | None, dates_file: Path | None, valid_scl: tuple[int, ...],
                mask: str | None = None, keep_cloudy: bool = False) -> StackCube:
     """Work out the (date, band) of every layer of `path` and return its cube."""
     pool = DatasetPool(1)
@@ -178,7 +179,7 @@ def open_stack(path: Path, *, bands: list[str] | None, dates_file: Path | None, 
     count, descriptions = ds.count, list(ds.descriptions)
     pool.close()
     parsed = [_parse_description(d) for d in descriptions]
-    dates_path = dates_file or _sidecar(path)
+    dates_path = dates_file or (None if is_remote(path) else _sidecar(path))  # a remote folder is not listed
     if dates_file is None and all(parsed):
         layer_dates = [d for d, _ in parsed]
         layer_bands = [b for _, b in parsed]

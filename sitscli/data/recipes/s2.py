@@ -18,7 +18,7 @@ from rasterio.transform import xy as pixel_xy
 from rasterio.windows import Window
 
 from sitscli.core.errors import ConfigError, DataContentError
-from sitscli.core.io import require_exists
+from sitscli.core.io import require_input
 from sitscli.core.legend import apply_color_file
 from sitscli.core.progress import Progress, log
 from sitscli.data.cube import Cube
@@ -39,7 +39,7 @@ READ_BLOCK = 256               # pixels: windows read in pixel mode
 
 def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class_field: str,
                bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
-               tile: str | None = None, valid_scl: Sequence[int] = (4, 5, 6, 7), buffer: float = 0.0,
+               tile: str | None = None, max_cloud: float | None = None, valid_scl: Sequence[int] = (4, 5, 6, 7), buffer: float = 0.0,
                color_field: str | None = None, code_field: str | None = None, colors: str | Path | None = None,
                max_per_polygon: int | None = DEFAULT_MAX_PER_POLYGON, unlabeled: int = 0,
                patch_size: int | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -48,11 +48,12 @@ def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class
     """Prepare a dataset from an L2A folder (any layout `open_source` reads) and a label file.
 
     Args:
-        folder: L2A acquisitions of one tile (SAFE, Theia, per-band COGs, stack, per-date GeoTIFFs).
+        folder: L2A acquisitions of one tile (SAFE, Theia, per-band COGs, stack, per-date GeoTIFFs), or
+            a STAC document (file or URL); a stack may be a URL or GDAL virtual path.
         out: the `NAME.sits` directory to write.
         labels, class_field, buffer, color_field, code_field: the vector labels (see `sitscli.data.labels`).
         colors: a colour file (`sitscli.core.legend.read_color_file`) overriding the class colours.
-        bands, aoi, date_range, tile, valid_scl: passed to the reader.
+        bands, aoi, date_range, tile, max_cloud, valid_scl: passed to the reader (`open_source`).
         max_per_polygon: pixel mode, pixels drawn per polygon (None or 0: all of them).
         unlabeled: pixel mode, pixels drawn outside every polygon for self-supervised pretraining.
         patch_size: P for patch mode (None: pixel mode).
@@ -62,9 +63,9 @@ def prepare_s2(folder: str | Path, out: str | Path, *, labels: str | Path, class
     Returns:
         The path of the written dataset.
     """
-    folder = require_exists(folder, "L2A folder")
+    folder = require_input(folder, "L2A folder")
     cube = open_source(folder, bands=list(bands) if bands else None, aoi=aoi, date_range=date_range,
-                       valid_scl=tuple(valid_scl), tile=tile, keep_cloudy=keep_cloudy)
+                       valid_scl=tuple(valid_scl), tile=tile, keep_cloudy=keep_cloudy, max_cloud=max_cloud)
     return prepare_cube(cube, out, labels=labels, class_field=class_field, buffer=buffer, color_field=color_field,
                         code_field=code_field, colors=colors, max_per_polygon=max_per_polygon, unlabeled=unlabeled,
                         patch_size=patch_size, fractions=fractions, seed=seed, source=f"s2 {cube.layout}: {folder}", overwrite=overwrite,
