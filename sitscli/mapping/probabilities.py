@@ -113,7 +113,8 @@ class ProbabilityCube(Cube):
 class Passthrough:
     """The classifier of `write_map` for a `ProbabilityCube`: the cube's bands are the probabilities."""
 
-    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    def predict_window(self, values: np.ndarray, valid: np.ndarray, dates: np.ndarray, xy: np.ndarray,
+                       window=None) -> np.ndarray:
         """values (1, K, h, w), valid (1, h, w) -> probabilities (K, h, w) float32, NaN where not valid."""
         return np.where(valid[0], values[0], np.nan).astype(np.float32)
 

@@ -120,8 +120,8 @@ class Collecting(Passthrough):
             return self.last[1][None]
         return uncertainty(probs, self.kind)[None]
 
-    def predict_window(self, values, valid, dates, xy) -> np.ndarray:
-        probs = super().predict_window(values, valid, dates, xy)
+    def predict_window(self, values, valid, dates, xy, window=None) -> np.ndarray:
+        probs = super().predict_window(values, valid, dates, xy, window)
         unc = uncertainty(probs, self.kind)
         self.last = (probs, unc)
         self.total += float(np.nansum(unc, dtype=np.float64))
