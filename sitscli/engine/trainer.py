@@ -50,7 +50,7 @@ RESUME_DIR = "resume"
 # Options a resumed run must share with the interrupted one to continue it exactly; the others
 # (epochs, patience, device, workers, logging) may change between the two.
 _FIXED_ON_RESUME = ("batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
-                    "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
+                    "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -71,6 +71,8 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal[SCHEDULES] = "warmup_cosine"     # schedule.py
     warmup_epochs: NonNegativeFloat = 1.0
+    hold_epochs: NonNegative = 10       # hold_exponential: epochs at `lr` before the decay starts
+    decay_gamma: Annotated[float, Field(gt=0, le=1)] = 0.99   # hold_exponential: factor an epoch
     restart_period: Positive = 2        # cosine_restarts: epochs per cycle (SGDR's T_0)
     min_lr: NonNegativeFloat = 0.0
     # plateau: ReduceLROnPlateau's factor and patience. Not from a paper: halving after 3 flat epochs
@@ -180,7 +182,8 @@ class _Run:
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
             restart_period=cfg.restart_period, monitor_mode=cfg.monitor_mode,
-            plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience)
+            plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
+            hold_epochs=cfg.hold_epochs, decay_gamma=cfg.decay_gamma)
         self.sampler = ResumableSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         # Without a validation set the best epoch is the one with the lowest training loss.
         self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
@@ -350,8 +353,9 @@ class _Run:
 
     def _restore(self) -> None:
         model_state, optimizer_state, self.best_state, meta = load_state(self.run_dir / RESUME_DIR)
+        # an option absent from an older run's state did not exist then: nothing to compare
         changed = [f"{k} was {meta['config'][k]!r}, now {getattr(self.cfg, k)!r}"
-                   for k in _FIXED_ON_RESUME if meta["config"].get(k) != getattr(self.cfg, k)]
+                   for k in _FIXED_ON_RESUME if k in meta["config"] and meta["config"][k] != getattr(self.cfg, k)]
         if changed:
             raise ConfigError(f"cannot resume {self.run_dir} with other options ({'; '.join(changed)}): use the interrupted run's options")
         try:
