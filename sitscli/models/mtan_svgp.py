@@ -49,6 +49,7 @@ from sitscli.models.ltae import LTAEEncoder, mlp_layers
 from sitscli.models.mtan import DEFAULTS as MTAN_DEFAULTS
 from sitscli.models.mtan import GapFilledEncoder, MTANEncoder, SpectralFeatures, observation_times
 from sitscli.models.registry import DataInfo, ModelSpec, register
+from sitscli.models.temporal import real_observations
 
 SVGP_DEFAULTS: dict[str, Any] = {
     "inducing": 200,      # M, the paper's experimental setting
@@ -247,19 +248,6 @@ class MTANLTAEClassifier(nn.Module):
         days = self.encoder.ref_days.expand(latent.shape[0], -1)                 # (B, R)
         keep = torch.ones(latent.shape[:2], dtype=torch.bool, device=latent.device)
         return self.decoder(self.ltae(latent, days, keep))
-
-
-def real_observations(dates: Tensor, valid: Tensor) -> Tensor:
-    """(B, T) True on acquisitions, False on batch padding, for batches that keep cloudy dates.
-
-    `collate` pads with valid=False and repeats the last date: padding is the trailing run of
-    invalid entries whose date equals the previous one. (A cloudy duplicate of the last date at the
-    very end of a series is dropped with it, which loses nothing.)
-    """
-    repeated = torch.zeros_like(valid)
-    repeated[:, 1:] = dates[:, 1:] == dates[:, :-1]
-    invalid_to_end = (~valid).flip(1).cumprod(1).flip(1).bool()             # all invalid from here on
-    return ~(repeated & invalid_to_end)
 
 
 class RawLTAEClassifier(nn.Module):
