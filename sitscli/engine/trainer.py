@@ -49,7 +49,7 @@ from sitscli.engine.signals import StopSignals
 RESUME_DIR = "resume"
 # Options a resumed run must share with the interrupted one to continue it exactly; the others
 # (epochs, patience, device, workers, logging) may change between the two.
-_FIXED_ON_RESUME = ("batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+_FIXED_ON_RESUME = ("batch_size", "min_steps_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
                     "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
 
 
@@ -66,6 +66,9 @@ class TrainConfig:
 
     epochs: Positive = 100
     batch_size: Positive = 128
+    # at least this many steps an epoch: the batch shrinks (not below MIN_SCALED_BATCH) on small
+    # training sets; None = `batch_size` whatever the data
+    min_steps_per_epoch: Positive | None = None
     lr: Rate = 1e-4
     weight_decay: NonNegativeFloat = 0.01
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -188,7 +191,7 @@ class _Run:
         # Without a validation set the best epoch is the one with the lowest training loss.
         self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
             else ("train_loss", "min")
-        self.batch_size = cfg.batch_size
+        self.batch_size = scaled_batch_size(cfg.batch_size, len(self.sampler), cfg.min_steps_per_epoch)
         self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
         self.train_mean = _Mean()
         self.history: list[dict] = []
@@ -433,6 +436,19 @@ def _select_trainable(model: nn.Module, trainable: Iterable[nn.Parameter] | None
     if not params:
         raise ConfigError("the model has no trainable parameter: check the fine-tuning mode")
     return params
+
+
+# The smallest batch `min_steps_per_epoch` shrinks to: below ~32 samples a step's gradient (and an
+# SVGP's minibatch ELBO) is mostly noise (a rule of thumb, not a paper's figure).
+MIN_SCALED_BATCH = 32
+
+
+def scaled_batch_size(batch_size: int, n_samples: int, min_steps: int | None) -> int:
+    """min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps)): `batch_size` on large data,
+    smaller batches (so at least ~min_steps steps an epoch) on small data; `batch_size` when min_steps is None."""
+    if min_steps is None:
+        return batch_size
+    return min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps))
 
 
 def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
