@@ -25,6 +25,14 @@ POSITIONS = ("doy", "reference", "season")
 SEASON_START = "10-01"
 
 
+def channel_layer_norm(channels: int) -> nn.Module:
+    """The per-observation LayerNorm over the input channels of the L-TAE and LSTM references, or an
+    identity for 1 or 2 channels: LayerNorm over k values leaves k - 2 degrees of freedom, so one
+    band (an NDVI series) becomes a constant and two only the sign of their difference, and the
+    classifier collapses to one class. The bands are standardised by BandNorm anyway."""
+    return nn.LayerNorm(channels) if channels > 2 else nn.Identity()
+
+
 def positions(dates: Tensor, mode: str, reference_date: int | None, season_start: str = SEASON_START) -> Tensor:
     """Position in days of each observation: dates (B, T) int days since 1970-01-01 -> (B, T) float.
 
