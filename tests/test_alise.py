@@ -126,3 +126,68 @@ def test_pretext_losses_fall():
     assert after["loss"] < 0.5 * before["loss"]
     assert after["rec"] < 0.5 * before["rec"]
     assert set(logs) == {"rec", "inv", "cov"}
+
+
+def _with_a_clouded_date(batch: dict[str, torch.Tensor], t: int, raw: float) -> dict[str, torch.Tensor]:
+    """The batch with date `t` fully clouded (valid False everywhere) but its raw reflectance kept."""
+    out = {k: v.clone() for k, v in batch.items()}
+    out["valid"][:, t] = False
+    out["values"][:, t] = raw
+    return out
+
+
+def test_cloudy_raw_values_reach_the_encoder_only_when_the_dataset_keeps_them():
+    torch.manual_seed(0)
+    model = build(TINY, info()).eval()
+    base = patch_batch(b=1, t=12)
+    low, high = _with_a_clouded_date(base, 5, 0.1), _with_a_clouded_date(base, 5, 0.6)
+    # stored with zeros under clouds (no `cloud` key): a fully clouded date is left out
+    torch.testing.assert_close(model(low), model(high))
+    # prepared with --keep-cloudy: the raw cloudy value is part of the encoder's input
+    for kept in (low, high):
+        kept["cloud"] = (~kept["valid"]).to(torch.uint8) * 31
+    assert not torch.allclose(model(low), model(high), atol=1e-4)
+
+
+def test_padding_is_still_left_out_when_clouds_are_kept():
+    torch.manual_seed(0)
+    model = build(TINY, info()).eval()
+    batch = _with_a_clouded_date(patch_batch(b=1, t=12), 3, 0.5)
+    batch["cloud"] = (~batch["valid"]).to(torch.uint8) * 31
+    padded = {k: torch.cat((v, torch.full_like(v[:, :4], 0.7) if k == "values" else
+                            v[:, -1:].expand(1, 4) if k == "dates" else torch.zeros_like(v[:, :4])), 1)
+              for k, v in batch.items()}
+    torch.testing.assert_close(model(batch), model(padded), atol=1e-5, rtol=1e-4)
+
+
+def test_views_keep_fully_clouded_acquisitions_when_clouds_are_kept():
+    batch = _with_a_clouded_date(patch_batch(b=1, t=8), 2, 0.5)
+    a, b = make_views(batch, run_length=8, t_w=2, crop=16, rng=np.random.default_rng(0), random_crop=False)
+    assert a["dates"].shape[1] + b["dates"].shape[1] == 7 and "cloud" not in a      # the clouded date dropped
+    batch["cloud"] = (~batch["valid"]).to(torch.uint8) * 31
+    a, b = make_views(batch, run_length=8, t_w=2, crop=16, rng=np.random.default_rng(0), random_crop=False)
+    assert a["dates"].shape[1] + b["dates"].shape[1] == 8 and a["cloud"].shape == a["valid"].shape
+    # run of all 8 dates, windows of 2: view B holds dates 2, 3, 6, 7, so the clouded date 2 comes first
+    assert (b["values"][0, 0] == 0.5).all() and not b["valid"][0, 0].any() and (b["cloud"][0, 0] == 31).all()
+
+
+def test_season_positions_give_two_years_the_same_encodings():
+    torch.manual_seed(0)
+    model = build({**TINY, "positions": "season", "season_start": "10-01"}, info()).eval()
+    batch = patch_batch(b=1, t=12)
+    batch["dates"] = batch["dates"] + 366                         # the same calendar days of 2021
+    next_year = {**batch, "dates": batch["dates"] + 365}          # ... and of 2022
+    torch.testing.assert_close(model(batch), model(next_year), atol=1e-5, rtol=1e-4)
+    paper = build(TINY, info()).eval()
+    assert not torch.allclose(paper(batch), paper(next_year), atol=1e-4)
+    assert registry.get("alise").folds_years({"positions": "season"})
+    with pytest.raises(ConfigError, match="season_start"):
+        build({**TINY, "positions": "season", "season_start": "13-40"}, info())
+
+
+def test_pretraining_and_probe_defaults_are_the_papers():
+    from sitscli.workflows.pretrain import model_training_defaults
+    from sitscli.workflows.probe import PROBE_SETTINGS
+    pretrain = model_training_defaults(registry.get("alise"), "pretrain")
+    assert (pretrain["batch_size"], pretrain["epochs"], pretrain["restart_period"], pretrain["patience"]) == (2, 260, 2, None)
+    assert (PROBE_SETTINGS["plateau_patience"], PROBE_SETTINGS["plateau_factor"]) == (10, 0.05)

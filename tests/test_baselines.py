@@ -161,3 +161,18 @@ def test_day_of_year_positions_map_another_year_alike(name, toy_pixel_series):
     four_years_later = [{**s, "dates": s["dates"] + 1461} for s in samples]    # 2020 -> 2024, both leap years
     with torch.no_grad():
         assert torch.allclose(model(_batch(spec, four_years_later)), model(_batch(spec, samples)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ltae", "lstm"])
+def test_a_single_band_series_reaches_the_classifier(name):
+    """One band (an NDVI table): a LayerNorm over the channels would make every series look the same."""
+    torch.manual_seed(0)
+    info = DataInfo(["NDVI"], [0.6], [0.2], ["a", "b"])
+    model = registry.get(name).build({}, info).eval()
+    days = torch.arange(0, 300, 20)
+    batch = {"values": torch.linspace(0.2, 0.9, days.numel()).repeat(2, 1).unsqueeze(-1),
+             "dates": (18262 + days).repeat(2, 1), "valid": torch.ones(2, days.numel(), dtype=torch.bool),
+             "xy": torch.zeros(2, 2, dtype=torch.float64)}
+    batch["values"][1] = batch["values"][1].flip(0)                       # the same values, another shape
+    logits = model(batch)
+    assert not torch.allclose(logits[0], logits[1], atol=1e-5)

@@ -7,7 +7,8 @@ import torch
 
 from sitscli.core.errors import ConfigError
 from sitscli.data.batch import collate
-from sitscli.models.lora import LoRALinear, apply_lora, merge_lora, parse_targets
+from sitscli.models.lora import (DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, DEFAULT_TARGETS, LoRALinear,
+                                 apply_lora, merge_lora, parse_targets)
 from sitscli.models.registry import DataInfo
 from sitscli.models.sitsbert import build
 
@@ -25,6 +26,8 @@ def _adapted(targets="qkv"):
 def test_targets_parse_and_bad_ones_are_refused():
     assert parse_targets("qkv") == ("q", "k", "v")
     assert parse_targets("qkv,ffn") == ("q", "k", "v", "fc1", "fc2")
+    assert parse_targets("q,v") == ("q", "v")
+    assert parse_targets("qkv,q") == ("q", "k", "v")
     with pytest.raises(ConfigError, match="lora-targets"):
         parse_targets("attention")
 
@@ -35,6 +38,15 @@ def test_only_targeted_layers_are_wrapped(targets, per_block):
     wrapped = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
     assert len(wrapped) == per_block * HPARAMS["layers"] and len(adapters) == 2 * len(wrapped)
     assert not any(".out" in name for name in wrapped)      # the attention output projection stays plain
+
+
+def test_default_adapters_on_reference_sitsbert_are_49152_weights():
+    """r 16 on q and v of hidden 256 x 3 layers: 3 x 2 x 16 x (256 + 256) adapter weights."""
+    model = build({"hidden": 256, "layers": 3, "heads": 8, "dropout": 0.1, "pooling": "max"}, INFO)
+    adapters = apply_lora(model.encoder, parse_targets(DEFAULT_TARGETS), DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_DROPOUT)
+    assert sum(p.numel() for p in adapters) == 49_152
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 6 and wrapped[0].scale == pytest.approx(24 / 16)
 
 
 def test_training_changes_adapters_and_head_only(toy_pixel_series):

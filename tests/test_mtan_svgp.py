@@ -9,7 +9,7 @@ import torch
 from sitscli.core.errors import ConfigError
 from sitscli.data.batch import collate
 from sitscli.engine.checkpoint import load_model, save_model
-from sitscli.models import mtan_svgp
+from sitscli.models import mtan_svgp, registry
 from sitscli.models.mtan import DEFAULTS as MTAN_DEFAULTS
 from sitscli.models.mtan import MTANEncoder, SpectralFeatures, canonical_band
 from sitscli.models.registry import DataInfo
@@ -79,7 +79,7 @@ def test_spectral_features_follow_band_names():
     no_red = DataInfo(["B02", "B03", "B08"], [0.1] * 3, [0.1] * 3, ["a", "b"])
     assert SpectralFeatures(no_red).out_dim == 3
     values = torch.tensor([[[0.1, 0.05, 0.4, 0.2]]])                     # B03, B04, B08, B11
-    ndvi = SpectralFeatures(INFO)(values)[0, 0, 4]
+    ndvi = SpectralFeatures(INFO).eval()(values)[0, 0, 4]   # eval: indices not yet standardised
     assert float(ndvi) == pytest.approx(0.35 / 0.45)
 
 
@@ -201,3 +201,44 @@ def test_finetune_trains_and_saves_mtan_svgp(tmp_path, toy_pixel_series, monkeyp
     assert np.isfinite(result.fit.history[-1]["train_loss"])
     loaded, card = load_model(result.run_dir)
     assert card.model_name == "mtan-svgp" and bool(loaded.head.inducing_ready)
+
+
+def test_recipe_scales_the_batch_to_the_data_and_keeps_the_papers_on_large_data():
+    from sitscli.engine.trainer import scaled_batch_size
+    from sitscli.workflows.pretrain import model_training_defaults
+    recipe = model_training_defaults(registry.get("mtan-svgp"), "finetune")
+    batch, steps = recipe["batch_size"], recipe["min_steps_per_epoch"]
+    assert (batch, steps) == (1024, 32)
+    assert scaled_batch_size(batch, 3_000, steps) == 93          # ~32 steps instead of 3
+    assert scaled_batch_size(batch, 500, steps) == 32             # the floor
+    assert scaled_batch_size(batch, 92_000, steps) == 1024        # the paper's setting
+    assert scaled_batch_size(batch, 3_000, None) == 1024
+    assert registry.get("mtan-svgp").defaults["heads"] == 1
+
+
+def test_comparison_variants_have_their_table_viii_settings():
+    from sitscli.workflows.pretrain import model_training_defaults
+    get = lambda name: model_training_defaults(registry.get(name), "finetune")
+    assert (get("mtan-mlp")["epochs"], get("mtan-mlp")["lr"]) == (300, 1e-4)
+    assert get("mtan-ltae")["lr"] == 5e-5 and get("raw-ltae")["lr"] == 1e-4 and get("mtan-svgp")["lr"] == 1e-3
+
+
+def test_raw_ltae_uses_the_spatial_encoding():
+    torch.manual_seed(0)
+    model = registry.get("raw-ltae").build({}, INFO).eval()
+    batch = {"values": torch.rand(2, 5, 4) * 0.3, "valid": torch.ones(2, 5, dtype=torch.bool),
+             "dates": torch.arange(5).repeat(2, 1) * 30 + 18000, "xy": torch.tensor([[5e5, 5e6], [5e5, 5e6]])}
+    moved = {**batch, "xy": torch.tensor([[6e5, 5.1e6], [6e5, 5.1e6]])}
+    assert not torch.allclose(model(batch), model(moved))
+
+
+def test_indices_are_standardised_on_the_first_training_batch():
+    features = SpectralFeatures(INFO)
+    values = torch.rand(8, 6, 4) * 0.4 + 0.02
+    values[:, -2:] = 0.0                                                    # padding rows left out
+    out = features(values)[:, :4, 4:]                                       # (8, 4, 3) indices of real rows
+    torch.testing.assert_close(out.reshape(-1, 3).mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.reshape(-1, 3).std(0, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    before = features.index_mean.clone()
+    features(values * 0.5)                                                  # measured once only
+    torch.testing.assert_close(features.index_mean, before)

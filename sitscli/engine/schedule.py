@@ -10,6 +10,9 @@ at a given point of the data is unchanged.
   epochs, through torch's CosineAnnealingWarmRestarts, which takes fractional epochs.
 - "plateau": ReduceLROnPlateau on the monitored metric, once per epoch after the warm-up.
 - "constant": `lr` after the warm-up.
+- "hold_exponential": `lr` held for `hold_epochs` whole epochs, then multiplied by `decay_gamma` at
+  the start of each further epoch (torch's ExponentialLR stepped once an epoch after the hold): the
+  schedule of the SITS-BERT reference code (lr 1e-4 held 10 epochs, then x0.99 an epoch).
 A warm-up (`warmup_epochs` > 0) scales the first epochs of every schedule linearly from ~0 to 1.
 """
 
@@ -22,12 +25,13 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, ReduceLROnPlat
 
 from sitscli.core.errors import ConfigError
 
-SCHEDULES = ("warmup_cosine", "cosine_restarts", "plateau", "constant")
+SCHEDULES = ("warmup_cosine", "cosine_restarts", "plateau", "constant", "hold_exponential")
 
 
 class LRSchedule:
     def __init__(self, optimizer: Optimizer, name: str, *, epochs: int, warmup_epochs: float, min_lr: float,
-                 restart_period: int, monitor_mode: str, plateau_factor: float, plateau_patience: int):
+                 restart_period: int, monitor_mode: str, plateau_factor: float, plateau_patience: int,
+                 hold_epochs: int = 0, decay_gamma: float = 1.0):
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
         if name == "cosine_restarts" and restart_period < 1:
@@ -41,6 +45,7 @@ class LRSchedule:
                                           patience=plateau_patience, min_lr=min_lr)
                         if name == "plateau" else None)
         self.in_warmup = self.warmup > 0
+        self.hold_epochs, self.decay_gamma = hold_epochs, decay_gamma
 
     def _warmup_factor(self, progress: float) -> float:
         return min(1.0, progress / self.warmup) if self.warmup > 0 else 1.0
@@ -66,6 +71,10 @@ class LRSchedule:
             span = max(self.epochs - self.warmup, 1e-12)
             t = min(1.0, (progress - self.warmup) / span)
             lrs = [self.min_lr + (lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t)) for lr in lrs]
+        if self.name == "hold_exponential":
+            # the decay counts whole epochs, as an ExponentialLR stepped at each epoch's end
+            decays = max(0, math.floor(progress + 1e-9) - self.hold_epochs)
+            lrs = [max(self.min_lr, lr * self.decay_gamma ** decays) for lr in lrs]
         self._set([lr * factor for lr in lrs])
 
     def end_epoch(self, metric: float) -> None:

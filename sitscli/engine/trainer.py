@@ -49,8 +49,8 @@ from sitscli.engine.signals import StopSignals
 RESUME_DIR = "resume"
 # Options a resumed run must share with the interrupted one to continue it exactly; the others
 # (epochs, patience, device, workers, logging) may change between the two.
-_FIXED_ON_RESUME = ("batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
-                    "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
+_FIXED_ON_RESUME = ("batch_size", "min_steps_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+                    "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -66,11 +66,16 @@ class TrainConfig:
 
     epochs: Positive = 100
     batch_size: Positive = 128
+    # at least this many steps an epoch: the batch shrinks (not below MIN_SCALED_BATCH) on small
+    # training sets; None = `batch_size` whatever the data
+    min_steps_per_epoch: Positive | None = None
     lr: Rate = 1e-4
     weight_decay: NonNegativeFloat = 0.01
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal[SCHEDULES] = "warmup_cosine"     # schedule.py
     warmup_epochs: NonNegativeFloat = 1.0
+    hold_epochs: NonNegative = 10       # hold_exponential: epochs at `lr` before the decay starts
+    decay_gamma: Annotated[float, Field(gt=0, le=1)] = 0.99   # hold_exponential: factor an epoch
     restart_period: Positive = 2        # cosine_restarts: epochs per cycle (SGDR's T_0)
     min_lr: NonNegativeFloat = 0.0
     # plateau: ReduceLROnPlateau's factor and patience. Not from a paper: halving after 3 flat epochs
@@ -180,12 +185,13 @@ class _Run:
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
             restart_period=cfg.restart_period, monitor_mode=cfg.monitor_mode,
-            plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience)
+            plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
+            hold_epochs=cfg.hold_epochs, decay_gamma=cfg.decay_gamma)
         self.sampler = ResumableSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         # Without a validation set the best epoch is the one with the lowest training loss.
         self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
             else ("train_loss", "min")
-        self.batch_size = cfg.batch_size
+        self.batch_size = scaled_batch_size(cfg.batch_size, len(self.sampler), cfg.min_steps_per_epoch)
         self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
         self.train_mean = _Mean()
         self.history: list[dict] = []
@@ -350,8 +356,9 @@ class _Run:
 
     def _restore(self) -> None:
         model_state, optimizer_state, self.best_state, meta = load_state(self.run_dir / RESUME_DIR)
+        # an option absent from an older run's state did not exist then: nothing to compare
         changed = [f"{k} was {meta['config'][k]!r}, now {getattr(self.cfg, k)!r}"
-                   for k in _FIXED_ON_RESUME if meta["config"].get(k) != getattr(self.cfg, k)]
+                   for k in _FIXED_ON_RESUME if k in meta["config"] and meta["config"][k] != getattr(self.cfg, k)]
         if changed:
             raise ConfigError(f"cannot resume {self.run_dir} with other options ({'; '.join(changed)}): use the interrupted run's options")
         try:
@@ -429,6 +436,19 @@ def _select_trainable(model: nn.Module, trainable: Iterable[nn.Parameter] | None
     if not params:
         raise ConfigError("the model has no trainable parameter: check the fine-tuning mode")
     return params
+
+
+# The smallest batch `min_steps_per_epoch` shrinks to: below ~32 samples a step's gradient (and an
+# SVGP's minibatch ELBO) is mostly noise (a rule of thumb, not a paper's figure).
+MIN_SCALED_BATCH = 32
+
+
+def scaled_batch_size(batch_size: int, n_samples: int, min_steps: int | None) -> int:
+    """min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps)): `batch_size` on large data,
+    smaller batches (so at least ~min_steps steps an epoch) on small data; `batch_size` when min_steps is None."""
+    if min_steps is None:
+        return batch_size
+    return min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps))
 
 
 def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -30,6 +30,14 @@ Resolved ambiguities (each a choice, written down):
   query width per head is d_model / heads here.
 - Reference date: `DataInfo.reference_date` when the dataset gives one, else 1970-01-01; either
   way a sinusoid of the day count (base 10000, as in "Attention is all you need").
+- Date encoding (hyper-parameter `positions`): "reference" (default, the paper's days since the
+  reference date) or "season" (days since the last `season_start`, MM-DD): the paper notes that
+  absolute days give a later year encodings never seen in pre-training; the season count gives
+  every year the same ones, which change detection between two years needs ("doy" also works).
+- Clouds: with a dataset prepared with `--keep-cloudy` (batches carry `cloud`), every acquisition
+  is attended with its raw reflectance, fully clouded dates included, as the paper feeds them
+  (Section III: the mask enters only the reconstruction loss). Without it the store holds 0 under
+  clouds, and a date with no valid pixel carries nothing: it is left out as above.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from torch import Tensor, nn
 
 from sitscli.core.errors import ConfigError
 from sitscli.models.registry import BandNorm, DataInfo, ModelSpec, register
+from sitscli.models.temporal import SEASON_START, positions, real_observations, season_start_day
 
 DEFAULTS: dict[str, Any] = {
     # Table IX (U-BARN temporal Transformer)
@@ -53,13 +62,19 @@ DEFAULTS: dict[str, Any] = {
     "n_q": 10, "proj_heads": 2, "d_emb": 128,
     # Table I (pre-training): view windows, run of consecutive dates, loss weights; 64 x 64 crops
     "t_w": 2, "run_length": 60, "w_rec": 1.0, "w_inv": 1.0, "w_cov": 0.0, "crop": 64,
+    # date encoding: the paper's days since the reference date, or days of the agronomic season
+    "positions": "reference", "season_start": SEASON_START,
 }
 DOWNSAMPLING = 8  # three 2 x 2 down blocks
 
-# Pre-training optimisation (Section IV-C / Table I): cosine annealing with warm restarts, T0 = 2
-# epochs, maximum lr 1e-3. Linear probing (`sits probe`) sets its own protocol (Adam 1e-4, plateau).
+# Pre-training optimisation (Table I and Section IV-C): batch 2 patches, 260 epochs, cosine
+# annealing with warm restarts (SGDR) T0 = 2 epochs from a maximum lr 1e-3, Adam; the paper names
+# no weight decay, gradient clipping or early stopping, so none here (the epoch of the lowest
+# validation loss is still the one kept). Linear probing (`sits probe`) sets its own protocol
+# (Adam 1e-4, ReduceLROnPlateau patience 10, factor 0.05: workflows/probe.py).
 TRAINING: dict[str, dict[str, Any]] = {
-    "pretrain": {"schedule": "cosine_restarts", "restart_period": 2, "lr": 1e-3, "warmup_epochs": 0.0},
+    "pretrain": {"batch_size": 2, "epochs": 260, "schedule": "cosine_restarts", "restart_period": 2, "lr": 1e-3,
+                 "warmup_epochs": 0.0, "optimizer": "adam", "weight_decay": 0.0, "grad_clip": None, "patience": None},
 }
 
 
@@ -141,6 +156,7 @@ class AliseEncoder(nn.Module):
         super().__init__()
         self.d_model, self.n_q = h["d_model"], h["n_q"]
         self.reference_date = int(info.reference_date or 0)
+        self.positions, self.season_start = h["positions"], h["season_start"]
         self.norm = BandNorm(info.band_mean, info.band_std, channel_dim=-3)
         self.unet = SpatialUNet(info.num_bands, h["d_model"], h["unet_widths"])
         layer = nn.TransformerEncoderLayer(h["d_model"], h["heads"], h["d_ff"], h["dropout"], batch_first=True)
@@ -152,8 +168,9 @@ class AliseEncoder(nn.Module):
         return self.n_q * self.d_model
 
     def encode_dates(self, dates: Tensor) -> Tensor:
-        """dates (...) days since 1970-01-01 -> (..., d_model) encoding of the days since the reference."""
-        return days_encoding(dates - self.reference_date, self.d_model)
+        """dates (B, T) days since 1970-01-01 -> (B, T, d_model) encoding of the days since the reference
+        date, or of the day of the season (`positions`)."""
+        return days_encoding(positions(dates, self.positions, self.reference_date, self.season_start), self.d_model)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         values, dates = batch["values"], batch["dates"]
@@ -161,7 +178,7 @@ class AliseEncoder(nn.Module):
         if height % DOWNSAMPLING or width % DOWNSAMPLING:
             raise ConfigError(f"ALISE takes patches whose sides are multiples of {DOWNSAMPLING} (three 2x downsamplings); "
                               f"got {height} x {width}: choose a patch size such as 32 or 64")
-        present = attended_dates(batch["valid"])                          # (B, T)
+        present = attended_dates(batch)                                   # (B, T)
         features = values.new_zeros(b, t, self.d_model, height, width)
         features[present] = self.unet(self.norm(values[present]))         # (n, D, H, W) for the n present dates
         features = features + self.encode_dates(dates)[..., None, None]   # (B, T, D, H, W)
@@ -176,10 +193,16 @@ class AliseEncoder(nn.Module):
         return self(batch).flatten(1, 2)
 
 
-def attended_dates(valid: Tensor) -> Tensor:
-    """valid (B, T, H, W) -> (B, T) dates with at least one valid pixel; a series with none keeps
-    all its dates (its values are all 0) so that attention stays defined."""
-    present = valid.flatten(2).any(-1)
+def attended_dates(batch: dict[str, Tensor]) -> Tensor:
+    """-> (B, T) the dates the encoder sees: valid (B, T, H, W), dates (B, T), optional cloud.
+
+    Every acquisition (not the batch padding) when the batch keeps cloudy values (`cloud` present),
+    else the dates with at least one valid pixel; a series with none keeps all its dates (its values
+    are all 0) so that attention stays defined.
+    """
+    present = batch["valid"].flatten(2).any(-1)
+    if "cloud" in batch:
+        present = real_observations(batch["dates"], present)
     return present | ~present.any(1, keepdim=True)
 
 
@@ -257,6 +280,8 @@ def build(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
             raise ConfigError(f"alise d_model {h['d_model']} must be a multiple of {heads_key} ({h[heads_key]})")
     if h["d_model"] % 2:
         raise ConfigError(f"alise d_model {h['d_model']} must be even (sinusoidal date encoding)")
+    if h["positions"] == "season":
+        season_start_day(h["season_start"])      # a bad MM-DD is refused when the model is made
     if len(h["unet_widths"]) != 4:
         raise ConfigError("alise unet_widths must list 4 widths: the input conv and the three down blocks (Table VIII)")
     encoder = AliseEncoder(info, h)
@@ -272,7 +297,9 @@ register(ModelSpec(
     sources={**dict.fromkeys(("d_model", "layers", "heads", "d_ff", "dropout"), "Dumeur et al. 2024, Table IX"),
              "unet_widths": "Dumeur et al. 2024, Table VIII",
              **dict.fromkeys(("n_q", "proj_heads", "d_emb"), "Dumeur et al. 2024, Table I and Section III"),
-             **dict.fromkeys(("t_w", "run_length", "w_rec", "w_inv", "w_cov", "crop"), "Dumeur et al. 2024, Table I")},
+             **dict.fromkeys(("t_w", "run_length", "w_rec", "w_inv", "w_cov", "crop"), "Dumeur et al. 2024, Table I"),
+             "positions": "Dumeur et al. 2024 (reference: days since the reference date); season: ours, issue 11",
+             "season_start": "ours: 1 October, the agronomic year of the synthetic scenes and TimeSen2Crop"},
     input="patch",
     pretext="alise",
     description="ALISE (Dumeur et al. 2024): U-BARN + temporal projector, aligned n_q x d_model representation per pixel",

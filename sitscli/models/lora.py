@@ -20,12 +20,16 @@ from torch import Tensor, nn
 from sitscli.core.errors import ConfigError
 
 TARGET_GROUPS = {"qkv": ("q", "k", "v"), "ffn": ("fc1", "fc2")}
+TARGET_LAYERS = ("q", "k", "v", "fc1", "fc2")
 
-# Defaults: r = 8 and alpha = r ("we simply set alpha to the first r we try", Hu et al. Sec. 4.1);
-# adapter dropout 0.1 as in their GPT-2 experiments (Table 11).
-DEFAULT_RANK = 8
-DEFAULT_ALPHA = 8.0
-DEFAULT_DROPOUT = 0.1
+# Defaults: the LoRA configuration reported for SITS-BERT (issue 11): r 16, alpha 24, adapter
+# dropout 0.01, on the query and value projections only (Hu et al. Sec. 7.1 also find W_q, W_v the
+# best pair for a given budget): 3 layers x 2 projections x 16 x (256 + 256) = 49,152 adapter
+# weights at hidden 256. Its learning rate (1e-5) is the model's TRAINING["lora"] setting.
+DEFAULT_RANK = 16
+DEFAULT_ALPHA = 24.0
+DEFAULT_DROPOUT = 0.01
+DEFAULT_TARGETS = "q,v"
 
 
 class LoRALinear(nn.Module):
@@ -55,12 +59,14 @@ class LoRALinear(nn.Module):
 
 
 def parse_targets(spec: str) -> tuple[str, ...]:
-    """'qkv' or 'qkv,ffn' -> the leaf names of the layers to adapt."""
-    groups = [g.strip() for g in spec.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in TARGET_GROUPS]
-    if not groups or unknown:
-        raise ConfigError(f"--lora-targets {spec!r}: use a comma list of {', '.join(TARGET_GROUPS)} (e.g. qkv,ffn)")
-    return tuple(name for g in groups for name in TARGET_GROUPS[g])
+    """'q,v', 'qkv' or 'qkv,ffn' (groups and single layers mixed) -> the leaf names of the layers to adapt."""
+    items = [g.strip() for g in spec.split(",") if g.strip()]
+    unknown = [g for g in items if g not in TARGET_GROUPS and g not in TARGET_LAYERS]
+    if not items or unknown:
+        raise ConfigError(f"--lora-targets {spec!r}: use a comma list of {', '.join((*TARGET_GROUPS, *TARGET_LAYERS))} "
+                          f"(e.g. q,v or qkv,ffn)")
+    names = [name for g in items for name in TARGET_GROUPS.get(g, (g,))]
+    return tuple(dict.fromkeys(names))   # each layer once, in the order given
 
 
 def apply_lora(module: nn.Module, targets: tuple[str, ...], rank: int = DEFAULT_RANK,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from sitscli.core.errors import ConfigError
 from sitscli.models.registry import DataInfo, ModelSpec, register
-from sitscli.models.temporal import RegularGridInput, require_classes
+from sitscli.models.temporal import RegularGridInput, channel_layer_norm, require_classes
 
 DEFAULTS: dict[str, Any] = {
     "hidden": 128, "layers": 2, "dropout": 0.2, "bidirectional": True,    # reference module / benchmark
@@ -46,7 +46,7 @@ class LSTMClassifier(nn.Module):
     def __init__(self, info: DataInfo, h: dict[str, Any]):
         super().__init__()
         self.input = RegularGridInput(info, h["grid_len"], h["grid_step"], h["positions"])
-        self.in_norm = nn.LayerNorm(info.num_bands)
+        self.in_norm = channel_layer_norm(info.num_bands)
         self.lstm = nn.LSTM(info.num_bands, h["hidden"], h["layers"], bias=False, batch_first=True,
                             dropout=h["dropout"] if h["layers"] > 1 else 0.0, bidirectional=h["bidirectional"])
         states = h["hidden"] * h["layers"] * (2 if h["bidirectional"] else 1)

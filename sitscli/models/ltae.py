@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from sitscli.core.errors import ConfigError
 from sitscli.models.registry import BandNorm, DataInfo, ModelSpec, register
-from sitscli.models.temporal import POSITIONS, positions, require_classes, sinusoid
+from sitscli.models.temporal import POSITIONS, channel_layer_norm, positions, require_classes, sinusoid
 
 # Reference settings (train.py argparse defaults, the L-TAE configuration of the paper's experiments):
 # d_model 256, 16 heads, d_k 8, MLP3 [256, 128], dropout 0.2, T 1000; decoder MLP4 [128, 64, 32, K].
@@ -107,7 +107,7 @@ class LTAEEncoder(nn.Module):
         super().__init__()
         check_hparams(d_model, n_head, d_k, mlp, dropout, T)
         self.n_head, self.period = n_head, float(T)
-        self.in_norm = nn.LayerNorm(in_channels)
+        self.in_norm = channel_layer_norm(in_channels)
         self.in_proj = nn.Linear(in_channels, d_model)
         self.proj_norm = nn.LayerNorm(d_model)
         self.attention = MasterQueryAttention(d_model, n_head, d_k, ATTENTION_DROPOUT)

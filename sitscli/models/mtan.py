@@ -53,7 +53,7 @@ from sitscli.models.temporal import positions, regular_grid, resample_to_grid
 
 DEFAULTS: dict[str, Any] = {
     "ref_points": 13,      # R: the paper's best trade-off (10-day grid = 37)
-    "heads": 4,            # H (ours: the paper's value is not stated in the text we follow)
+    "heads": 1,            # H = 1 (Bellet et al. 2024, experimental setting)
     "time_dim": 32,        # E, width of phi(t) (ours; mTAN uses 128 on PhysioNet)
     "latent_dim": 9,       # D' after the spectral reduction (eq. 7-8)
     "spatial": True,       # eq. 9 on
@@ -87,6 +87,9 @@ class SpectralFeatures(nn.Module):
     """values (B, T, C) reflectance 0-1 -> (B, T, C + 3) standardised bands, NDVI, NDWI, brightness.
 
     Without B03, B04 and B08 among the bands: (B, T, C), the standardised bands alone.
+    The indices are standardised like the bands (the paper standardises every input feature): their
+    mean and standard deviation are measured on the observations (rows not all zero) of the first
+    training batch, kept as buffers (so they travel in the checkpoint), averaged over DDP ranks.
     """
 
     def __init__(self, info: DataInfo):
@@ -97,6 +100,9 @@ class SpectralFeatures(nn.Module):
         self.index_bands = [names.index(b) for b in needed] if set(needed) <= set(names) else None
         self.out_dim = info.num_bands + (len(INDICES) if self.index_bands else 0)
         self.features = list(info.band_names) + (list(INDICES) if self.index_bands else [])
+        self.register_buffer("index_mean", torch.zeros(len(INDICES)))
+        self.register_buffer("index_std", torch.ones(len(INDICES)))
+        self.register_buffer("index_stats_set", torch.tensor(False))
 
     def forward(self, values: Tensor) -> Tensor:
         bands = self.norm(values)
@@ -104,7 +110,24 @@ class SpectralFeatures(nn.Module):
             return bands
         green, red, nir = (values[..., i] for i in self.index_bands)          # (B, T) each
         brightness = values.square().sum(-1).sqrt()
-        return torch.cat((bands, torch.stack((_ratio(nir, red), _ratio(green, nir), brightness), -1)), -1)
+        indices = torch.stack((_ratio(nir, red), _ratio(green, nir), brightness), -1)   # (B, T, 3)
+        if self.training and not bool(self.index_stats_set):
+            self._measure(indices[values.abs().sum(-1) > 0])
+        return torch.cat((bands, (indices - self.index_mean) / self.index_std), -1)
+
+    @torch.no_grad()
+    def _measure(self, observed: Tensor) -> None:
+        """observed (N, 3) indices of real observations -> index_mean, index_std (N >= 2 needed)."""
+        if observed.shape[0] < 2:
+            return
+        moments = torch.cat((observed.mean(0), observed.square().mean(0)))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(moments)
+            moments /= torch.distributed.get_world_size()
+        mean, square = moments.split(len(INDICES))
+        self.index_mean.copy_(mean)
+        self.index_std.copy_((square - mean.square()).clamp_min(1e-12).sqrt().clamp_min(1e-6))
+        self.index_stats_set.fill_(True)
 
 
 class TimeEmbedding(nn.Module):

@@ -94,7 +94,7 @@ class ModelSpec:
     def folds_years(self, hparams: dict[str, Any]) -> bool:
         """Whether the model, with these hyper-parameters, maps dates onto the day of year."""
         if "positions" in self.defaults:
-            return hparams.get("positions", self.defaults["positions"]) == "doy"
+            return hparams.get("positions", self.defaults["positions"]) in ("doy", "season")
         return self.day_of_year
     def data_modalities(self, available: Sequence[str], chosen: Sequence[str] | None = None) -> tuple[str, ...]:
         """The sensors to feed: the required ones, then the optional ones the data has (or `chosen` of them).

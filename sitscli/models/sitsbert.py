@@ -45,20 +45,22 @@ MAX_LEN = 64
 # read by `sits pretrain` / `sits finetune` as this model's defaults (engine TrainConfig fields).
 # - Pre-training: Adam, lr 1e-4, batch 256 (the README command; pretraining.py's Config says 512),
 #   100 epochs, gradient clipping at norm 5, no weight decay, the best epoch on a validation
-#   loss kept, no early stopping. Schedule: the reference holds lr for 10 "warm-up" epochs, then
-#   multiplies it by 0.99 each epoch (ExponentialLR), ending at 0.99^90 = 0.40 x lr. The engine has
-#   no exponential schedule; we use a 10-epoch warm-up then cosine decay to that same final value
-#   (4e-5), the closest envelope it offers.
+#   loss kept, no early stopping. Schedule: the reference holds lr for 10 "warm-up" epochs (no
+#   ramp: the full lr from the first step), then multiplies it by 0.99 each epoch (ExponentialLR),
+#   ending at 0.99^90 = 0.40 x lr: the engine's "hold_exponential" schedule.
 # - Fine-tuning: Adam, lr 2e-4 and batch 128 (README and run_finetuning.sh; finetuning.py's argparse
 #   default of 2e-5 is overridden there), constant lr, no clipping, 100 epochs from a pre-trained
 #   encoder and 300 from scratch, the epoch with the best validation accuracy kept.
 TRAINING: dict[str, dict[str, Any]] = {
     "pretrain": {"epochs": 100, "batch_size": 256, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0,
-                 "schedule": "warmup_cosine", "warmup_epochs": 10.0, "min_lr": 4e-5, "grad_clip": 5.0,
-                 "patience": None},
+                 "schedule": "hold_exponential", "warmup_epochs": 0.0, "hold_epochs": 10, "decay_gamma": 0.99,
+                 "min_lr": 0.0, "grad_clip": 5.0, "patience": None},
     "finetune": {"epochs": 100, "batch_size": 128, "lr": 2e-4, "optimizer": "adam", "weight_decay": 0.0,
                  "schedule": "constant", "warmup_epochs": 0.0, "grad_clip": None, "patience": None},
     "scratch": {"epochs": 300},
+    # LoRA fine-tuning: lr 1e-5 (the LoRA configuration reported for SITS-BERT, issue 11; the
+    # adapter shape is in models/lora.py)
+    "lora": {"lr": 1e-5},
 }
 
 

@@ -11,6 +11,7 @@ Series are irregular and unaligned (every pixel has its own dates and clouds), s
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -18,21 +19,75 @@ from sitscli.core.errors import ConfigError
 from sitscli.models.registry import BandNorm, DataInfo
 from sitscli.models.sitsbert import day_of_year
 
-POSITIONS = ("doy", "reference")
+POSITIONS = ("doy", "reference", "season")
+# Start (MM-DD) of the agronomic year for "season" positions: October, the start of the winter
+# crops' season in Europe (TimeSen2Crop and the synthetic scenes run September/October to August).
+SEASON_START = "10-01"
 
 
-def positions(dates: Tensor, mode: str, reference_date: int | None) -> Tensor:
+def channel_layer_norm(channels: int) -> nn.Module:
+    """The per-observation LayerNorm over the input channels of the L-TAE and LSTM references, or an
+    identity for 1 or 2 channels: LayerNorm over k values leaves k - 2 degrees of freedom, so one
+    band (an NDVI series) becomes a constant and two only the sign of their difference, and the
+    classifier collapses to one class. The bands are standardised by BandNorm anyway."""
+    return nn.LayerNorm(channels) if channels > 2 else nn.Identity()
+
+
+def positions(dates: Tensor, mode: str, reference_date: int | None, season_start: str = SEASON_START) -> Tensor:
     """Position in days of each observation: dates (B, T) int days since 1970-01-01 -> (B, T) float.
 
     "doy": day of year - 1 (0..365), the same for every year, so a model trained on one season
     maps another. "reference": days since `reference_date` (the dataset's first date), the
     papers' choice for a single season; falls back to "doy" when the data has no reference date.
+    "season": days since the last `season_start` (MM-DD), 0..365: like "doy" the same for every
+    year, but the agronomic year stays in one piece (a winter crop's autumn and spring are not
+    at the two ends of the axis).
     """
     if mode not in POSITIONS:
         raise ConfigError(f"unknown positions {mode!r}: choose one of {', '.join(POSITIONS)}")
     if mode == "reference" and reference_date is not None:
         return (dates - reference_date).float()
+    if mode == "season":
+        return season_days(dates, season_start)
     return (day_of_year(dates) - 1).float()
+
+
+def season_start_day(season_start: str) -> int:
+    """'MM-DD' -> its day of year in a common year (1..365); a one-line ConfigError otherwise."""
+    try:
+        month, day = (int(part) for part in season_start.split("-"))
+        return int((np.datetime64(f"2001-{month:02d}-{day:02d}") - np.datetime64("2001-01-01")).astype(int)) + 1
+    except ValueError:
+        raise ConfigError(f"season_start {season_start!r} is not a month-day such as 10-01 (1 October)") from None
+
+
+def season_days(dates: Tensor, season_start: str) -> Tensor:
+    """Days since the last season start: dates (...) days since 1970-01-01 -> (...) float in 0..365."""
+    start = season_start_day(season_start)
+
+    def start_in_year_of(days: Tensor) -> Tensor:
+        """The season start (days since 1970-01-01) in the calendar year of `days`."""
+        jan1 = days - (day_of_year(days) - 1)
+        leap = day_of_year(jan1 + 365) == 366
+        return jan1 + (start - 1) + (leap & (start > 59)).long()   # a leap day before it moves it on a day
+
+    this_year = start_in_year_of(dates.long())
+    jan1 = dates.long() - (day_of_year(dates) - 1)
+    last = torch.where(dates.long() >= this_year, this_year, start_in_year_of(jan1 - 1))
+    return (dates.long() - last).float()
+
+
+def real_observations(dates: Tensor, valid: Tensor) -> Tensor:
+    """(B, T) True on acquisitions, False on batch padding, for batches that keep cloudy dates.
+
+    `collate` pads with valid=False and repeats the last date: padding is the trailing run of
+    invalid entries whose date equals the previous one. (A cloudy duplicate of the last date at the
+    very end of a series is dropped with it, which loses nothing.)
+    """
+    repeated = torch.zeros_like(valid)
+    repeated[:, 1:] = dates[:, 1:] == dates[:, :-1]
+    invalid_to_end = (~valid).flip(1).cumprod(1).flip(1).bool()             # all invalid from here on
+    return ~(repeated & invalid_to_end)
 
 
 def sinusoid(days: Tensor, dim: int, period: float) -> Tensor:

@@ -19,8 +19,10 @@ Resolved ambiguities (each a choice, written down):
 - The projector maps each query's d_model vector (one row per pixel and query); the covariance is
   taken per query over the pixels of the batch, then averaged over the n_q queries, so that the
   term decorrelates dimensions of one representation slot rather than mixing different slots.
-- Candidate dates for a run are the acquisitions with at least one valid pixel in the crop (fully
-  clouded ones carry no signal and the encoder leaves them out anyway).
+- Candidate dates for a run are the acquisitions with at least one valid pixel in the crop (without
+  `--keep-cloudy` fully clouded ones hold zeros and the encoder leaves them out anyway), or, when the
+  batch keeps the cloudy values (`cloud` present), every acquisition: the paper's views are runs of
+  consecutive acquisitions, clouds included, which the encoder sees raw.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from sitscli.core.errors import ConfigError, DataContentError
 from sitscli.models.alise import DEFAULTS, DOWNSAMPLING
+from sitscli.models.temporal import real_observations
 
 Batch = dict[str, Tensor]
 
@@ -69,29 +72,36 @@ def make_views(batch: Batch, run_length: int, t_w: int, crop: int, rng: np.rando
 
     batch: values (B, T, C, H, W), valid (B, T, H, W), dates (B, T).
     Returns two batches of the same form, (B, T_A, C, h, w) and (B, T_B, C, h, w), each padded to its
-    longest view with valid=False.
+    longest view with valid=False; both carry the cropped `cloud` (B, T_*, h, w) when the batch has it.
     """
     values, valid, dates = batch["values"], batch["valid"], batch["dates"]
+    cloud = batch.get("cloud")
     height, width = values.shape[-2:]
+    observed = (real_observations(dates, valid.flatten(2).any(-1)) if cloud is not None else None)   # (B, T)
     views: tuple[list, list] = ([], [])
     for i in range(values.shape[0]):
         row, col, h, w = crop_box(height, width, crop, rng if random_crop else None)
         v = values[i, :, :, row:row + h, col:col + w]                     # (T, C, h, w)
         m = valid[i, :, row:row + h, col:col + w]                          # (T, h, w)
-        candidates = torch.nonzero(m.flatten(1).any(1)).flatten().cpu().numpy()
+        c = cloud[i, :, row:row + h, col:col + w] if cloud is not None else torch.zeros_like(m, dtype=torch.uint8)
+        usable = observed[i] if observed is not None else m.flatten(1).any(1)
+        candidates = torch.nonzero(usable).flatten().cpu().numpy()
         for view, positions in zip(views, draw_views(len(candidates), run_length, t_w, rng)):
             keep = torch.as_tensor(candidates[positions], device=values.device)
-            view.append((v[keep], m[keep], dates[i, keep]))
-    return _stack(views[0]), _stack(views[1])
+            view.append((v[keep], m[keep], dates[i, keep], c[keep]))
+    return _stack(views[0], cloud is not None), _stack(views[1], cloud is not None)
 
 
-def _stack(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Batch:
-    """Pad (values (t, C, h, w), valid (t, h, w), dates (t,)) triples to the longest t and stack."""
+def _stack(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]], with_cloud: bool) -> Batch:
+    """Pad (values (t, C, h, w), valid (t, h, w), dates (t,), cloud (t, h, w)) to the longest t and stack."""
     length = max(p[0].shape[0] for p in parts)
-    values = torch.stack([F.pad(v, (0, 0, 0, 0, 0, 0, 0, length - v.shape[0])) for v, _, _ in parts])
-    valid = torch.stack([F.pad(m, (0, 0, 0, 0, 0, length - m.shape[0])) for _, m, _ in parts])
-    dates = torch.stack([F.pad(d, (0, length - d.shape[0]), value=int(d[-1])) for _, _, d in parts])
-    return {"values": values, "valid": valid, "dates": dates}
+    values = torch.stack([F.pad(v, (0, 0, 0, 0, 0, 0, 0, length - v.shape[0])) for v, _, _, _ in parts])
+    valid = torch.stack([F.pad(m, (0, 0, 0, 0, 0, length - m.shape[0])) for _, m, _, _ in parts])
+    dates = torch.stack([F.pad(d, (0, length - d.shape[0]), value=int(d[-1])) for _, _, d, _ in parts])
+    view = {"values": values, "valid": valid, "dates": dates}
+    if with_cloud:
+        view["cloud"] = torch.stack([F.pad(c, (0, 0, 0, 0, 0, length - c.shape[0])) for _, _, _, c in parts])
+    return view
 
 
 def reconstruction_loss(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:

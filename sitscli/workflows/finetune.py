@@ -1,7 +1,8 @@
 """`sits finetune`: train a classifier, from a pre-trained encoder (`--from RUN`) or from scratch.
 
 Options resolve as: engine `TrainConfig` defaults < FinetuneOptions < the model's paper settings
-(`TRAINING["finetune"]` in its module, plus `TRAINING["scratch"]` without `--from`) < a protocol's
+(`TRAINING["finetune"]` in its module, plus `TRAINING["scratch"]` without `--from` and
+`TRAINING["lora"]` with `--mode lora`) < a protocol's
 settings (`sits probe`) < `--config FILE.yaml` < flags. The resolved options are saved as
 `RUN/config.yaml`.
 
@@ -57,7 +58,7 @@ from sitscli.engine.metrics import (classification_report, multilabel_report, pr
 from sitscli.engine.trainer import FitResult, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.heads import POOLINGS
-from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, merge_lora, parse_targets
+from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, DEFAULT_TARGETS, apply_lora, merge_lora, parse_targets
 from sitscli.models.registry import DataInfo, ModelSpec
 from sitscli.models.stacked import split_name, stacked_name
 from sitscli.workflows.pretrain import (Fraction, PathText, RunResult, check_input_kind, check_run_output,
@@ -85,7 +86,7 @@ class FinetuneOptions(BaseModel):
     lora_rank: Annotated[int, Field(ge=1)] = DEFAULT_RANK
     lora_alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_ALPHA
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_DROPOUT
-    lora_targets: str = "qkv"
+    lora_targets: str = DEFAULT_TARGETS
     class_weights: Literal[CLASS_WEIGHTS] = "none"
     eval_date_shift: list[int] | str = []     # days, or "0,1,2" (parse_shifts)
     # share of the training parcels (groups) held out for choosing the epoch when the dataset has
@@ -253,6 +254,8 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
         defaults = {**FINETUNE_MONITOR, **model_training_defaults(training_spec, "finetune")}
         if from_card is None:
             defaults.update(model_training_defaults(spec, "scratch"))
+        if first["mode"] == "lora":     # a model's own LoRA recipe (e.g. SITS-BERT's lower lr)
+            defaults.update(model_training_defaults(spec, "lora"))
         defaults.update(protocol(spec) if protocol else {})
         return defaults
 

@@ -20,6 +20,6 @@ def describe_model(name: str) -> dict[str, Any]:
     spec = registry.get(name)
     hparams = [{"name": key, "default": default, "allowed": allowed, "source": spec.sources.get(key)}
                for key, (_, default, allowed) in registry.hparam_fields(spec).items()]
-    training = {stage: model_training_defaults(spec, stage) for stage in ("pretrain", "finetune", "scratch")}
+    training = {stage: model_training_defaults(spec, stage) for stage in ("pretrain", "finetune", "scratch", "lora")}
     return {"name": spec.name, "input": spec.input, "pretext": spec.pretext, "description": spec.description,
             "hparams": hparams, "training": {stage: values for stage, values in training.items() if values}}

@@ -84,9 +84,11 @@ def is_main_process() -> bool:
 
 
 def model_training_defaults(spec: ModelSpec, stage: str) -> dict[str, Any]:
-    """The paper's optimisation settings a model module declares as `TRAINING[stage]` (may be empty)."""
+    """The paper's optimisation settings a model module declares as `TRAINING[stage]` (may be empty),
+    with a model's own ones on top when the module registers several (`TRAINING_BY_MODEL[name][stage]`)."""
     module = importlib.import_module(spec.build.__module__)
-    return dict(getattr(module, "TRAINING", {}).get(stage, {}))
+    own = getattr(module, "TRAINING_BY_MODEL", {}).get(spec.name, {}).get(stage, {})
+    return {**getattr(module, "TRAINING", {}).get(stage, {}), **own}
 
 
 def resolve_run_options(schema: type[BaseModel], stage_defaults, flags: Mapping[str, Any],

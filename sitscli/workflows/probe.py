@@ -20,9 +20,12 @@ from sitscli.models.registry import ModelSpec
 from sitscli.workflows.finetune import finetune
 from sitscli.workflows.pretrain import RunResult
 
-# ALISE paper, linear probing: Adam, lr 1e-4, ReduceLROnPlateau; no weight decay, no warm-up.
+# ALISE paper, linear probing: Adam, lr 1e-4, ReduceLROnPlateau with patience 10 and factor 0.05;
+# no weight decay, no warm-up. The early-stopping patience (ours) outlasts two lr reductions, so
+# that stopping never comes before the plateau schedule has acted.
 PROBE_SETTINGS: dict[str, Any] = {"mode": "frozen", "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
-                                  "schedule": "plateau", "warmup_epochs": 0.0}
+                                  "schedule": "plateau", "warmup_epochs": 0.0, "plateau_patience": 10,
+                                  "plateau_factor": 0.05, "patience": 25}
 
 
 def probe_settings(spec: ModelSpec) -> dict[str, Any]:
