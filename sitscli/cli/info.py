@@ -46,7 +46,11 @@ def _dataset(d: dict) -> list[Section]:
              ["samples", str(d["samples"])], ["time steps", str(d["time_steps"])],
              ["date range", " to ".join(d["date_range"]) if d["date_range"] else "-"],
              ["clear dates per sample", f"min {per['min']}, median {per['median']:g}, max {per['max']}"],
-             ["bands", _names(d["bands"])], ["CRS", d.get("crs_name") or "-"], ["fingerprint", d["fingerprint"]]]
+             ["bands", _names(d["bands"])], ["CRS", d.get("crs_name") or ("per tile" if d.get("tiles") else "-")],
+             ["fingerprint", d["fingerprint"]]]
+    if d.get("tiles"):
+        about.insert(-2, ["tiles", f"{len(d['tiles'])}: " + ", ".join(f"{t['id']} ({t['crs']}, {t['samples']} samples)"
+                                                                    for t in d["tiles"])])
     splits = list(d["class_counts"])
     names = [c["name"] for c in d["classes"]] + ["unlabeled"]
     counts = [[name] + [str(d["class_counts"][s].get(name, 0)) for s in splits] for name in names

@@ -68,6 +68,8 @@ def _dataset_lines(path: Path, s: dict) -> list[str]:
               for name, m in s.get("modalities", {}).items() if name != "s2"]
     if others:
         lines.append(f"other sensors: {'; '.join(others)}")
+    if s.get("tiles"):
+        lines.append(f"tiles ({len(s['tiles'])}): " + ", ".join(f"{t['id']} {t['samples']}" for t in s["tiles"]))
     return lines
 
 
@@ -83,8 +85,9 @@ def _l2a_lines(path: Path, s: dict) -> list[str]:
 
 @prepare_app.command("s2")
 def prepare_s2_command(
-    folder: Optional[str] = typer.Argument(None, help="Sentinel-2 L2A folder: SAFE (or .SAFE.zip), Theia, per-band COGs, "
-                                           "a stack (local, URL or /vsis3/...), or a STAC ItemCollection/catalog (file or URL)."),
+    folder: Optional[list[str]] = typer.Argument(None, help="Sentinel-2 L2A folder: SAFE (or .SAFE.zip), Theia, per-band "
+                                                 "COGs, a stack (local, URL or /vsis3/...), or a STAC ItemCollection/catalog "
+                                                 "(file or URL). Several, or a catalog of several tiles: one dataset of all tiles."),
     out: Optional[Path] = _OUT,
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Vector labels (GeoPackage, shapefile, GeoJSON)."),
     class_field: Optional[str] = typer.Option(None, "--class-field", "-c", help="Attribute holding the class name."),
@@ -95,7 +98,8 @@ def prepare_s2_command(
     bands: Optional[str] = typer.Option(None, "--bands", help="Bands to keep, e.g. B02,B03,B04,B08 (default: the 10 bands B02-B12 without B09/B10)."),
     aoi: Optional[str] = typer.Option(None, "--aoi", help="LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file whose extent is used."),
     dates: Optional[str] = typer.Option(None, "--dates", help="Acquisitions in START:END (YYYY-MM-DD, either end may be empty)."),
-    tile: Optional[str] = typer.Option(None, "--tile", help="MGRS tile to read when the folder holds several (31TCJ)."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="MGRS tile(s) to read when the folder holds several (31TCJ, "
+                                       "or T31TCJ,T31TDJ; default: every tile of a STAC catalog)."),
     max_cloud: Optional[float] = typer.Option(None, "--max-cloud", help="STAC sources: keep items of at most this "
                                               "eo:cloud_cover percentage."),
     valid_scl: Optional[str] = typer.Option(None, "--valid-scl", help="SCL classes counted clear (default 4,5,6,7; add 11 for snow)."),
@@ -125,7 +129,7 @@ def prepare_s2_command(
 ) -> None:
     """Sentinel-2 L2A time series + vector labels (+ Sentinel-1, PlanetScope, VHR) -> pixel (or patch) samples
     with train/val/test splits."""
-    _run("s2", {"folder": folder, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
+    _run("s2", {"folder": (folder[0] if len(folder) == 1 else folder) if folder else None, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
                 "code_field": code_field, "colors": colors,
                 "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "max_cloud": max_cloud, "valid_scl": valid_scl, "buffer": buffer,
                 "max_per_polygon": max_per_polygon, "unlabeled": unlabeled, "patch_size": patch_size,

@@ -12,6 +12,10 @@ Variables (P = patch size, patch mode only):
     split  (sample)                       int8    0 train, 1 val, 2 test, 3 unlabeled (CF flags)
     group  (sample)                       int64   parcel / polygon id; splits never cut a group
     xy     (sample, 2)                    float64 map coordinates (attr crs), NaN when unknown
+    tile   (sample)                       int16   several tiles only: index into the `tiles` attribute
+                                                  (id, crs, transform, width, height of each tile); xy is
+                                                  then in the sample's own tile CRS, and `crs` is the CRS
+                                                  of every tile, or empty when they span several
     cloud  (sample, time[, py, px])       uint8   Sentinel-2 cloud level 0-31 (with --keep-cloudy only;
                                                   x then keeps the values under clouds too)
     y_tile (sample, class)                bool    patch mode: the classes present in the patch (tile-level
@@ -96,7 +100,7 @@ class PreparedWriter:
     def __init__(self, path, *, n_time: int, band_names, class_names, class_colors=None, class_codes=None, sensor: str, source: str,
                  mode: str = "pixel", patch_size: int | None = None, crs: str = "", config: dict | None = None,
                  overwrite: bool = False, chunk_samples: int = 4096, modalities: Sequence[Modality] = (),
-                 keep_cloudy: bool = False, cloud_source: str = ""):
+                 keep_cloudy: bool = False, cloud_source: str = "", tiles: Sequence[Mapping] = ()):
         if mode not in ("pixel", "patch"):
             raise ValueError(f"mode must be 'pixel' or 'patch', not {mode!r}")
         if mode == "patch" and not patch_size:
@@ -119,6 +123,7 @@ class PreparedWriter:
         self._spatial = spatial
         self.modalities = {m.name: m for m in modalities}
         self.keep_cloudy, self.cloud_source = bool(keep_cloudy), cloud_source
+        self.tiles = [dict(t) for t in tiles]  # several tiles: each sample says which (a `tile` variable)
         sample_bytes = self.n_time * len(self.band_names) * int(np.prod(spatial, dtype=int)) * 2
         sample_bytes += sum(2 * int(np.prod(m.sample_shape(), dtype=int)) for m in self.modalities.values())
         self.chunk_samples = max(1, min(int(chunk_samples), MAX_CHUNK_BYTES // max(sample_bytes, 1)))
@@ -165,7 +170,7 @@ class PreparedWriter:
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, *, x: np.ndarray, valid, date, y, split, group, xy=None, cloud=None,
-               others: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
+               others: Mapping[str, Mapping[str, np.ndarray]] | None = None, tile: int | None = None) -> None:
         """Add n samples.
 
         Args:
@@ -180,10 +185,15 @@ class PreparedWriter:
             others: per extra modality name, {"x": (n, *Modality.sample_shape()) float in the
                 modality's unit, "valid": x's shape without the band axis, "date": (n, T_m) or
                 (T_m,) when temporal}. Every modality given to the writer must be there.
+            tile: index into the writer's `tiles` of the tile these samples come from (required with tiles).
         Series shorter than n_time are padded with valid=False.
         """
         block = self._convert(x, valid, date, y, split, group, xy, cloud)
         block.update(self._convert_others(others or {}, block["split"].shape[0]))
+        if self.tiles:
+            if tile is None or not 0 <= tile < len(self.tiles):
+                raise ValueError(f"a writer of {len(self.tiles)} tiles needs the tile index of every block, not {tile}")
+            block["tile"] = np.full(block["split"].shape[0], tile, dtype=np.int16)
         self._summarise(block)
         self._buffer.append(block)
         self._buffered += block["split"].shape[0]
@@ -312,6 +322,8 @@ class PreparedWriter:
                            {"long_name": "Sentinel-2 cloud level 0 (clear) to 31", "source": self.cloud_source})
         if "y_tile" in block:
             ds["y_tile"] = (("sample", "class"), block["y_tile"], {"long_name": "classes present in the patch"})
+        if "tile" in block:
+            ds["tile"] = (("sample",), block["tile"], {"long_name": "index into the tiles attribute"})
         for m in self.modalities.values():
             dims = m.dims(self.mode == "patch")
             p = m.prefix
@@ -366,6 +378,8 @@ class PreparedWriter:
         extra: dict = {"keep_cloudy": True, "cloud_source": self.cloud_source} if self.keep_cloudy else {}
         if self.modalities:
             extra["modalities"] = {name: self._modality_attrs(m) for name, m in self.modalities.items()}
+        if self.tiles:
+            extra["tiles"] = self.tiles
         return {
             "format_version": FORMAT_VERSION, "sitscli_version": __version__,
             "band_names": self.band_names, "class_names": self.class_names, "class_colors": self.class_colors,
@@ -426,6 +440,7 @@ class Prepared:
         self.fingerprint: str = a["fingerprint"]
         self.keep_cloudy: bool = bool(a.get("keep_cloudy", False))
         self.others: dict[str, dict] = dict(a.get("modalities", {}))  # extra sensors: name -> attrs
+        self.tiles: list[dict] = list(a.get("tiles", []))  # several tiles: id, crs, transform, width, height each
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -524,11 +539,18 @@ class Prepared:
                         for i, (n, c) in enumerate(zip(self.class_names, self.class_colors))],
             "class_counts": {s: dict(c) for s, c in a["class_counts"].items()},
             "crs": self.crs,
+            **self._tile_summary(),
             **self._modality_summary(),
             "fingerprint": self.fingerprint,
             "sitscli_version": a["sitscli_version"],
         }
 
+    def _tile_summary(self) -> dict:
+        """Datasets of several tiles: each tile's id, CRS and number of samples."""
+        if not self.tiles:
+            return {}
+        counts = np.bincount(self.ds["tile"].values, minlength=len(self.tiles))
+        return {"tiles": [{"id": t["id"], "crs": t["crs"], "samples": int(n)} for t, n in zip(self.tiles, counts)]}
 
     def _modality_summary(self) -> dict:
         """Per sensor: dates, bands, resolution, clear fraction (only for multi-sensor or keep-cloudy stores)."""

@@ -165,7 +165,10 @@ def _raster_input(value) -> Path | str:
 
 def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options as saved with the output: input and output paths made absolute."""
-    return {k: str(Path(v).expanduser().resolve()) if isinstance(v, Path) else v for k, v in options.items()}
+    def saved(v):
+        return [saved(x) for x in v] if isinstance(v, list) else str(Path(v).expanduser().resolve()) if isinstance(v, Path) else v
+
+    return {k: saved(v) for k, v in options.items()}
 
 
 # ------------------------------------------------------------------------------ runners
@@ -175,7 +178,9 @@ def _run_s2(o: dict) -> PrepareResult:
     from sitscli.data.recipes.sensors import SensorInputs
 
     o = {**o, **{k: _path(o[k]) for k in ("out", "labels", "colors", "s1", "planetscope", "vhr")}}
-    o["folder"] = _raster_input(o["folder"])
+    # one source stays one value (config.yaml as before); several make one dataset of all their tiles
+    folders = [_raster_input(f) for f in (o["folder"] if isinstance(o["folder"], (list, tuple)) else [o["folder"]])]
+    o["folder"] = folders[0] if len(folders) == 1 else folders
     sensors = SensorInputs(
         s1=o["s1"], s1_orbit=_choice(o["s1_orbit"], ("both", "ascending", "descending"), "--s1-orbit"),
         s1_units=_choice(o["s1_units"], ("auto", "linear", "db"), "--s1-units"), planetscope=o["planetscope"],
@@ -185,7 +190,7 @@ def _run_s2(o: dict) -> PrepareResult:
     path = prepare_s2(
         o["folder"], o["out"], labels=o["labels"], class_field=o["class_field"], color_field=o["color_field"],
         code_field=o["code_field"], colors=o["colors"],
-        bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=o["tile"],
+        bands=_names(o["bands"]), aoi=_aoi(o["aoi"]), date_range=parse_date_range(o["dates"]), tile=_names(o["tile"]),
         max_cloud=None if o["max_cloud"] is None else float(o["max_cloud"]),
         valid_scl=_numbers(o["valid_scl"], int, "--valid-scl"), buffer=float(o["buffer"]),
         max_per_polygon=int(o["max_per_polygon"]), unlabeled=int(o["unlabeled"]),
