@@ -184,3 +184,31 @@ def test_tile_jobs(tiles, tmp_path):
     catalog.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     assert tile_jobs([catalog], None) == [(catalog, "31TCJ"), (catalog, "32TLP")]
     assert tile_jobs([catalog], "32TLP") == [(catalog, "32TLP")]
+
+
+def test_accuracy_places_each_tiles_samples_from_its_own_crs(tiles, tmp_path, monkeypatch, capsys):
+    """`sits accuracy --reference both.sits` on a map in UTM 31N over the 32TLP tile (UTM 32N): that tile's test
+    samples land on the pixels of their polygons, though the dataset records no single CRS."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window
+
+    from sitscli.data.cube import Grid
+    from sitscli.data.labels import rasterize_classes, read_labels
+    from sitscli.workflows.accuracy import prepared_reference
+
+    both, _ = _run(monkeypatch, capsys, tiles, tmp_path / "both.sits", tiles["a"], tiles["b"])
+    other = both.tiles[1]
+    left, bottom, right, top = transform_bounds(other["crs"], "EPSG:32631", *_bounds(other))
+    grid = Grid(CRS.from_epsg(32631), Affine(10, 0, left // 10 * 10, 0, -10, top // 10 * 10 + 10),
+                int((top - bottom) // 10) + 2, int((right - left) // 10) + 2)
+    truth = rasterize_classes(read_labels(tiles["labels"], "class_y1", crs=grid.crs), grid, Window(0, 0, grid.width, grid.height))
+    reference = prepared_reference(tmp_path / "both.sits", grid, block=64)
+    test = (both.ds["split"].values == 2) & (both.ds["tile"].values == 1)
+    assert reference.codes.size == test.sum()
+    assert (truth[reference.rows, reference.cols] == reference.codes).mean() > 0.9
+
+
+def _bounds(tile: dict) -> tuple[float, float, float, float]:
+    a, _, c, _, e, f = tile["transform"]
+    return c, f + e * tile["height"], c + a * tile["width"], f

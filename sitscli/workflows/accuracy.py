@@ -365,10 +365,16 @@ def prepared_reference(path: Path, grid: Grid, block: int) -> PointReference:
     if not index.size:
         raise DataContentError(f"{path.name} has no labelled test sample: prepare it with a test share "
                                "(sits prepare --fractions 0.7,0.15,0.15) or give another reference")
-    crs = CRS.from_user_input(prepared.crs) if prepared.crs else None
-    if crs is None:
-        log(f"accuracy: {path.name} records no CRS: its coordinates are taken in the map's CRS")
     xy = prepared.ds["xy"].values[index]
+    if prepared.tiles and not prepared.crs:  # tiles in several CRSs: each sample's xy is in its own tile's CRS
+        if prepared.mode == "patch":
+            raise DataContentError(f"{path.name} holds patches of tiles in several CRSs: score each tile's map against "
+                                   "a dataset of that tile")
+        xy, crs = _tiles_xy_in(prepared, index, xy, grid.crs), grid.crs
+    else:
+        crs = CRS.from_user_input(prepared.crs) if prepared.crs else None
+        if crs is None:
+            log(f"accuracy: {path.name} records no CRS: its coordinates are taken in the map's CRS")
     if prepared.mode == "pixel":
         codes = prepared.ds["y"].values[index].astype(np.int64)
     else:
@@ -391,6 +397,17 @@ def prepared_reference(path: Path, grid: Grid, block: int) -> PointReference:
     labels = {int(c): prepared.class_names[c] for c in np.unique(codes)}
     return PointReference(rows, cols, codes, labels, grid=grid, block=block, kind="prepared dataset (test split)",
                           description=description)
+
+
+def _tiles_xy_in(prepared, index: np.ndarray, xy: np.ndarray, crs: CRS) -> np.ndarray:
+    """xy (n, 2) of samples of several tiles, each in its tile's CRS, brought into `crs`."""
+    tile = prepared.ds["tile"].values[index]
+    out = xy.copy()
+    for k, about in enumerate(prepared.tiles):
+        mine = tile == k
+        if mine.any() and CRS.from_user_input(about["crs"]) != crs:
+            out[mine] = np.column_stack(transform_points(CRS.from_user_input(about["crs"]), crs, xy[mine, 0], xy[mine, 1]))
+    return out
 
 
 def _patch_pixels(prepared, index: np.ndarray, centres: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
