@@ -140,7 +140,7 @@ complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcom
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l bands -rF -d 'Bands to keep, e.g. B02,B03,B04,B08 (default: the 10 bands B02-B12 without B09/B10).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l aoi -rF -d 'LEFT,BOTTOM,RIGHT,TOP (raster CRS) or a vector file whose extent is used.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l dates -rF -d 'Acquisitions in START:END (YYYY-MM-DD, either end may be empty).'
-complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l tile -rF -d 'MGRS tile to read when the folder holds several (31TCJ).'
+complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l tile -rF -d 'MGRS tile(s) to read when the folder holds several (31TCJ, or T31TCJ,T31TDJ; default: every tile of a STAC catalog).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l max-cloud -rF -d 'STAC sources: keep items of at most this eo:cloud_cover percentage.'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l valid-scl -rF -d 'SCL classes counted clear (default 4,5,6,7; add 11 for snow).'
 complete -c sits -n '__fish_seen_subcommand_from prepare; and __fish_seen_subcommand_from s2' -l buffer -rF -d 'Metres to shrink (negative) or grow polygons by before sampling (default 0).'

@@ -66,7 +66,7 @@ sits finetune tiles.sits --model tempcnn --hparam filters=16 --hparam dense=64 -
 # 5. The map of each tile on two processes (maps/T31TCJ.tif, maps/T31TDJ.tif) and their mosaic (maps/mosaic.vrt;
 #    tiles in several UTM zones give one mosaic_EPSG_326xx.vrt per zone).
 torchrun --standalone --nproc_per_node 2 -m sitscli predict-map "$catalog" --tiles all --model runs/tempcnn \
-    --out maps --device cpu --overwrite
+    --block 48 --out maps --device cpu --overwrite
 ls maps
 
 # 6. The mosaic scored against the test split of both tiles (polygons never seen in training).

@@ -7,8 +7,8 @@ where something is sampled, so peak memory follows the window and the sample, no
 Other sensors (Sentinel-1, PlanetScope, a VHR image) join as extra modalities of the same samples
 (see `sensors.py`); `keep_cloudy` keeps Sentinel-2 values under clouds with a cloud level 0-31.
 
-Several tiles (several sources, or a STAC document or folder holding several MGRS tiles) make one
-dataset: each tile is read on its own grid, CRS and dates, with the labels reprojected to it, and
+Several tiles (several sources; every MGRS tile of a STAC document; the tiles `--tile` names in a
+source holding several) make one dataset: each tile is read on its own grid, CRS and dates, with the labels reprojected to it, and
 its samples are appended to the same store with a per-sample `tile` index (see `prepared.py`).
 A polygon lying on an overlap of tiles is sampled from one of them only: the first (in the order
 given) that holds its representative point, else the first it touches. The train/val/test split is
