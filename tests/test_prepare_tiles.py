@@ -138,6 +138,11 @@ def test_two_local_folders_make_one_dataset(tiles, singles, tmp_path, monkeypatc
                                        {"id": "T32TLP", "crs": "EPSG:32632", "samples": b.n_samples}]
     # the single-tile stores keep their layout: no tile variable, no tiles attribute
     assert "tile" not in a.ds.data_vars and "tiles" not in a.ds.attrs
+    # the saved config.yaml lists both folders and prepares the same dataset again
+    code, _, err = sits(monkeypatch, capsys, "prepare", "s2", "--config", tmp_path / "both.sits" / "config.yaml",
+                        "--out", tmp_path / "again")
+    assert code == 0, err
+    assert open_prepared(tmp_path / "again.sits").fingerprint == both.fingerprint
 
 
 def test_polygon_on_a_tile_overlap_is_sampled_once(tiles, singles, tmp_path, monkeypatch, capsys):
@@ -212,3 +217,10 @@ def test_accuracy_places_each_tiles_samples_from_its_own_crs(tiles, tmp_path, mo
 def _bounds(tile: dict) -> tuple[float, float, float, float]:
     a, _, c, _, e, f = tile["transform"]
     return c, f + e * tile["height"], c + a * tile["width"], f
+
+
+def test_other_sensors_with_several_tiles_are_refused(tiles, tmp_path, monkeypatch, capsys):
+    code, _, err = sits(monkeypatch, capsys, "prepare", "s2", tiles["a"], tiles["b"], "--labels", tiles["labels"],
+                        "--class-field", "class_y1", "--s1", tmp_path, "--out", tmp_path / "s1")
+    assert code != 0 and "--s1, --planetscope and --vhr join a single tile" in err and "\n" not in err.strip()
+    assert not (tmp_path / "s1.sits").exists()

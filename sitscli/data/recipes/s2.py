@@ -70,10 +70,12 @@ def prepare_s2(folder: str | Path | Sequence[str | Path], out: str | Path, *, la
         tile: the MGRS tile(s) to read: one is looked for in every source; several (a list, or
             "T31TCJ,T31TDJ") are tiles of a single source.
         max_per_polygon: pixel mode, pixels drawn per polygon (None or 0: all of them).
-        unlabeled: pixel mode, pixels drawn outside every polygon for self-supervised pretraining.
+        unlabeled: pixel mode, pixels drawn outside every polygon for self-supervised pretraining
+            (in each tile: where tiles overlap, the pool may see a place twice; it is never labelled).
         patch_size: P for patch mode (None: pixel mode).
         fractions: train/val/test shares of the polygons, stratified by class.
-        sensors: other sensors to add as modalities of the same samples (Sentinel-1, PlanetScope, VHR).
+        sensors: other sensors to add as modalities of the same samples (Sentinel-1, PlanetScope, VHR);
+            one tile only.
         keep_cloudy: store Sentinel-2 values under clouds too, with a cloud level 0-31 per observation.
     Returns:
         The path of the written dataset.
