@@ -129,7 +129,8 @@ def prepare_s2_command(
 ) -> None:
     """Sentinel-2 L2A time series + vector labels (+ Sentinel-1, PlanetScope, VHR) -> pixel (or patch) samples
     with train/val/test splits."""
-    _run("s2", {"folder": (folder[0] if len(folder) == 1 else folder) if folder else None, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
+    folder = (folder[0] if len(folder) == 1 else folder) if folder else None  # one source stays one value
+    _run("s2", {"folder": folder, "out": out, "labels": labels, "class_field": class_field, "color_field": color_field,
                 "code_field": code_field, "colors": colors,
                 "bands": bands, "aoi": aoi, "dates": dates, "tile": tile, "max_cloud": max_cloud, "valid_scl": valid_scl, "buffer": buffer,
                 "max_per_polygon": max_per_polygon, "unlabeled": unlabeled, "patch_size": patch_size,

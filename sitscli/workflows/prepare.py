@@ -165,10 +165,11 @@ def _raster_input(value) -> Path | str:
 
 def _saved(options: Mapping[str, Any]) -> dict[str, Any]:
     """The options as saved with the output: input and output paths made absolute."""
-    def saved(v):
-        return [saved(x) for x in v] if isinstance(v, list) else str(Path(v).expanduser().resolve()) if isinstance(v, Path) else v
+    return {k: [_absolute(v) for v in value] if isinstance(value, list) else _absolute(value) for k, value in options.items()}
 
-    return {k: saved(v) for k, v in options.items()}
+
+def _absolute(value):
+    return str(Path(value).expanduser().resolve()) if isinstance(value, Path) else value
 
 
 # ------------------------------------------------------------------------------ runners
