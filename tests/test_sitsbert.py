@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from sitscli.core.dates import day_of_year as day_of_year_numpy
 from sitscli.core.errors import ConfigError
 from sitscli.data.batch import collate
+from sitscli.engine.checkpoint import CARD, load_model, save_model
 from sitscli.models import registry
 from sitscli.models.registry import DataInfo
 from sitscli.models.sitsbert import DoyEncoding, build, day_of_year
@@ -85,6 +87,29 @@ def test_bad_hyper_parameters_are_refused():
         build({**TINY, "hidden": 30}, _info())
     with pytest.raises(ConfigError, match="pooling"):
         build({**TINY, "pooling": "first"}, _info(classes="ab"))
+
+
+def test_attention_dropout_is_its_own_hyper_parameter_off_by_default():
+    model = build({"hidden": 32, "layers": 1, "heads": 4}, _info(classes="ab"))
+    block = model.encoder.blocks[0]
+    assert block.attn.dropout == 0.0                                      # fused attention kernels stay usable
+    assert block.dropout.p == block.ff.dropout.p == model.encoder.dropout.p == 0.1
+    assert build({**TINY, "attention_dropout": 0.1}, _info()).encoder.blocks[0].attn.dropout == 0.1
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        registry.get("sitsbert").check_hparams({"attention_dropout": 1.0})
+
+
+def test_a_model_card_without_attention_dropout_still_loads(tmp_path, toy_pixel_series):
+    """Cards written before `attention_dropout` existed have no such key: the model loads with the default."""
+    old_hparams = {"hidden": 32, "layers": 1, "heads": 4, "dropout": 0.1, "pooling": "max"}
+    model = build(old_hparams, _info(classes="ab")).eval()
+    save_model(tmp_path, model, model_name="sitsbert", hparams=old_hparams, info=_info(classes="ab"), task="classify")
+    assert "attention_dropout" not in yaml.safe_load((tmp_path / CARD).read_text())["hparams"]
+    loaded, card = load_model(tmp_path)
+    batch = collate(toy_pixel_series(4), compact=True)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
+    assert loaded.encoder.blocks[0].attn.dropout == 0.0
 
 
 def test_contamination_picks_15_percent_of_clear_observations_only():

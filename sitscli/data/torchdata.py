@@ -88,6 +88,27 @@ class SeriesDataset(Dataset):
             self._cache = (chunk, self.prepared.read(start, start + self.chunk_samples, self.modalities))
         return self._cache[1]
 
+    def series_lengths(self) -> np.ndarray:
+        """(len(self),) int64 clear observations of each sample (dates with any clear pixel for a
+        patch), capped at `max_len` for compact series: the length `collate` pads a sample to.
+
+        Counted from the `valid` array alone (in memory, or read from the store chunk by chunk),
+        never by building the samples, so the engine's length bucketing costs one pass over `valid`.
+        """
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self._data is not None:
+            counts = _clear_counts(self._data["valid"])
+        else:
+            stored = self.prepared.ds["valid"]
+            parts = []
+            for chunk, a, b in _chunk_runs(self.indices, self.chunk_samples):
+                start = chunk * self.chunk_samples
+                rows = self.indices[a:b] - start
+                parts.append(_clear_counts(stored.isel(sample=slice(start, start + self.chunk_samples)).values[rows]))
+            counts = np.concatenate(parts)
+        return np.minimum(counts, self.max_len) if self.compact and self.max_len is not None else counts
+
     def _load_all(self) -> dict[str, np.ndarray]:
         """Raw arrays of the selected samples, read chunk by chunk (each chunk once)."""
         parts = []
@@ -123,6 +144,11 @@ class SeriesDataset(Dataset):
 def _bytes_per_sample(prepared: Prepared, modalities: tuple[str, ...]) -> int:
     return sum(prepared.ds[v].dtype.itemsize * int(np.prod(prepared.ds[v].shape[1:], dtype=np.int64))
                for v in prepared.variables(modalities))
+
+
+def _clear_counts(valid: np.ndarray) -> np.ndarray:
+    """valid (n, T[, H, W]) -> (n,) int64 dates with a clear observation (any pixel of a patch)."""
+    return valid.reshape(valid.shape[0], valid.shape[1], -1).any(axis=2).sum(axis=1).astype(np.int64)
 
 
 def _chunk_runs(rows: np.ndarray, chunk_samples: int) -> Iterator[tuple[int, int, int]]:

@@ -6,11 +6,13 @@ validation, early stopping, best weights, resumable state, graceful stop on SIGT
 the batch on out-of-memory, DDP under torchrun, and the per-epoch history (CSV, JSON, PNG).
 
 Reproducibility: the training order of epoch e is a permutation seeded by `seed + e` (through
-DistributedSampler, also in one process), DataLoader worker seeds come from a generator seeded the
-same way, and every random generator state is saved with the model, so a run stopped at any step and
-resumed ends with bitwise the same weights as one that was never stopped (CPU; on GPU up to
-non-deterministic kernels). That holds if the dataset's `__getitem__` is a function of the index
-(or of the index and epoch) and `Task.on_epoch_start` draws its randomness from the epoch number.
+DistributedSampler, also in one process; with `bucket_by_length` its batches of similar length are
+shuffled by a generator seeded from seed, e and the rank), DataLoader worker seeds come from a
+generator seeded the same way, and every random generator state is saved with the model, so a run
+stopped at any step and resumed ends with bitwise the same weights as one that was never stopped
+(CPU; on GPU up to non-deterministic kernels). That holds if the dataset's `__getitem__` is a
+function of the index (or of the index and epoch) and `Task.on_epoch_start` draws its randomness
+from the epoch number.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sitscli.engine.curves import plot_curves
 from sitscli.engine.device import autocast, free_cached_memory, is_out_of_memory
 from sitscli.engine.distributed import DistContext
 from sitscli.engine.resume import load_state, rng_state, save_state, set_rng_state
+from sitscli.engine.sampling import bucketed_order, series_lengths
 from sitscli.engine.schedule import SCHEDULES, LRSchedule
 from sitscli.engine.signals import StopSignals
 
@@ -50,7 +53,8 @@ RESUME_DIR = "resume"
 # Options a resumed run must share with the interrupted one to continue it exactly; the others
 # (epochs, patience, device, workers, logging) may change between the two.
 _FIXED_ON_RESUME = ("batch_size", "min_steps_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
-                    "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed")
+                    "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed",
+                    "bucket_by_length")
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -91,6 +95,9 @@ class TrainConfig:
     seed: NonNegative = 0
     num_workers: NonNegative = 0
     log_every_s: Rate = 30.0
+    # batches of series of similar length (engine/sampling.py): less padding, same epoch content;
+    # for models whose batches pad to the longest series (compact series: SITS-BERT)
+    bucket_by_length: bool = False
 
 
 class Task(Protocol):
@@ -144,12 +151,25 @@ class ResumableSampler(DistributedSampler):
     """This rank's share of the permutation seeded by `seed + epoch`, from sample `skip` on.
 
     `skip` continues an epoch mid-way: after a resume, or after the batch size was halved.
+    `bucket(lengths, batch_size)` turns on length bucketing (`sampling.bucketed_order`): the rank's
+    share is rearranged into batches of `batch_size` series of similar length, in an order drawn
+    from (seed, epoch, rank), so a resumed epoch continues the same order. `batch_size` is the
+    run's first one: a halved batch then splits each bucketed batch in two.
     """
 
     skip = 0
+    lengths: np.ndarray | None = None
+    bucket_batch = 1
+
+    def bucket(self, lengths: np.ndarray, batch_size: int) -> None:
+        self.lengths, self.bucket_batch = lengths, batch_size
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        order = list(super().__iter__())
+        if self.lengths is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+            order = bucketed_order(np.asarray(order), self.lengths, self.bucket_batch, rng).tolist()
+        return itertools.islice(order, self.skip, None)
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
@@ -192,6 +212,8 @@ class _Run:
         self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
             else ("train_loss", "min")
         self.batch_size = scaled_batch_size(cfg.batch_size, len(self.sampler), cfg.min_steps_per_epoch)
+        if cfg.bucket_by_length:
+            self.sampler.bucket(series_lengths(train_set), self.batch_size)
         self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
         self.train_mean = _Mean()
         self.history: list[dict] = []

@@ -84,7 +84,7 @@ class BimodalBertEncoder(nn.Module):
         self.embed = nn.Conv1d(info.num_bands, hidden, kernel, padding="same")
         self.doy = DoyEncoding(hidden)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, ffn) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, ffn, attention_dropout=dropout) for _ in range(layers))
         self.out_norm = nn.LayerNorm(hidden)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:

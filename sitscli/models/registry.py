@@ -134,6 +134,7 @@ class ModelSpec:
 # count set later (num_data). These names have bounds of their own.
 _BOUNDS: dict[str, dict[str, Any]] = {
     "dropout": {"ge": 0, "lt": 1},           # a probability; 1 would drop every unit
+    "attention_dropout": {"ge": 0, "lt": 1},
     "n_jobs": {"ge": -1},                     # scikit-learn: -1 = every core
     "n_trees": {"ge": 0}, "depth": {"ge": 0},  # the random forest's shape, 0 until it is fitted
     "grid_step": {"gt": 0},                   # days between grid dates
