@@ -25,7 +25,7 @@ from sitscli.core.errors import CheckpointError, ConfigError, DataContentError, 
 from sitscli.data.batch import collate
 from sitscli.data.cube import Cube, Grid
 from sitscli.engine.checkpoint import save_model
-from sitscli.mapping.predict import series_batch
+from sitscli.mapping.predict import PixelClassifier, by_series_length, series_batch
 from sitscli.models.registry import DataInfo, ModelSpec, register
 from sitscli.workflows.predict_map import predict_map
 
@@ -122,6 +122,45 @@ def test_series_batch_equals_collate(compact, max_len):
     got = series_batch(values * valid[..., None], valid, dates, xy, compact=compact, max_len=max_len)
     for key in ("values", "dates", "valid", "xy", "y"):
         assert torch.equal(got[key], expected[key]), key
+
+
+class Recording(MeanNdvi):
+    """MeanNdvi that keeps the clear-date counts (B,) of every batch it is given."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.batches: list[np.ndarray] = []
+
+    def forward(self, batch):
+        self.batches.append(batch["valid"].sum(1).numpy())
+        return super().forward(batch)
+
+
+def test_pixels_batched_by_length_come_back_to_their_places():
+    cube = ArrayCube(height=12, width=12, n_dates=9, seed=3)
+    values, valid = cube.values, cube.valid                                    # (T, C, H, W), (T, H, W)
+    xy = np.zeros((12 * 12, 2))
+    model = Recording(3).eval()
+    probs = PixelClassifier(model, 3, compact=True, max_len=MAX_LEN, batch_size=10, device=torch.device("cpu")) \
+        .predict_window(values, valid, cube.dates, xy)                         # (K, H, W)
+    # each pixel alone: no batch, no padding, no sorting
+    series, masks = values.reshape(9, 2, -1), valid.reshape(9, -1)
+    expected = np.full((3, 12 * 12), np.nan, dtype=np.float32)
+    with torch.no_grad():
+        for p in np.flatnonzero(masks.any(axis=0)):
+            one = series_batch(series[:, :, [p]].transpose(2, 0, 1), masks[:, [p]].T, cube.dates, xy[[p]],
+                               compact=True, max_len=MAX_LEN)
+            expected[:, p] = MeanNdvi(3)(one).softmax(-1)[0].numpy()
+    np.testing.assert_allclose(probs.reshape(3, -1), expected, rtol=0, atol=1e-6)
+    assert np.array_equal(np.isnan(probs[0]), ~valid.any(axis=0))
+    counts = np.concatenate(model.batches)
+    assert np.all(np.diff(counts) >= 0)                                        # batches of similar series, short first
+    assert counts.size == masks.any(axis=0).sum()
+
+
+def test_by_series_length_is_a_stable_sort_on_clear_dates():
+    valid = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 1, 1], [0, 1, 0, 1, 0]], dtype=bool)    # (T, P) counts 2 2 0 3 1
+    assert by_series_length(np.array([0, 1, 3, 4]), valid).tolist() == [4, 0, 1, 3]
 
 
 def test_map_georeferencing_legend_and_probabilities(run_dir, tmp_path):

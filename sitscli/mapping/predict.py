@@ -4,7 +4,10 @@ The pieces, from the inside out:
 - `series_batch`: pixel series gathered from a window -> a batch in the `sitscli.data.batch`
   format, compacted to clear observations where the model wants it (vectorised, no per-pixel loop).
 - `PixelClassifier`: one window (T, C, h, w) -> class probabilities (K, h, w), batched on the device,
-  bf16 autocast on CUDA, batch halved on CUDA out-of-memory.
+  bf16 autocast on CUDA, batch halved on CUDA out-of-memory. For a model of compact series the
+  window's pixels are batched in order of their number of clear dates (`by_series_length`) and the
+  probabilities scattered back to their places: a batch pads to its longest series, so batches of
+  similar series waste little work on padding.
 - `prefetch`: a reader thread that reads the next windows while the current one is classified
   (a bounded queue: at most `depth` windows wait, so memory follows the block size, not the raster).
 - `write_map`: runs the blocks into resumable partial rasters (`sitscli.mapping.blocks`) and
@@ -86,6 +89,12 @@ def _as_batch(values: np.ndarray, dates: np.ndarray, valid: np.ndarray, xy: np.n
     }
 
 
+def by_series_length(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """pixels (N,) indices into valid (T, P) -> the same pixels ordered by their number of clear
+    dates (stable, so equal counts keep raster order): batches cut from it hold similar lengths."""
+    return pixels[np.argsort(valid[:, pixels].sum(axis=0), kind="stable")]
+
+
 def pixel_centres(transform: Affine, window: Window) -> np.ndarray:
     """Map coordinates of the pixel centres of `window`, (h * w, 2) row-major."""
     rows, cols = np.mgrid[0:int(window.height), 0:int(window.width)]
@@ -122,13 +131,15 @@ class PixelClassifier:
         probs = np.full((h * w, self.num_classes), np.nan, dtype=np.float32)
         series = values.reshape(t, c, h * w)
         masks = valid.reshape(t, h * w)
+        if self.compact:
+            observed = by_series_length(observed, masks)
         start = 0
         while start < observed.size:
             idx = observed[start:start + self.batch_size]
             batch = series_batch(series[:, :, idx].transpose(2, 0, 1), masks[:, idx].T, dates, xy[idx],
                                  compact=self.compact, max_len=self.max_len)
             try:
-                probs[idx] = self._probabilities(batch)
+                probs[idx] = self._probabilities(batch)                # scattered back to raster order
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(exc):
                     raise
