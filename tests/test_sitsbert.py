@@ -13,7 +13,7 @@ from sitscli.data.batch import collate
 from sitscli.engine.checkpoint import CARD, load_model, save_model
 from sitscli.models import registry
 from sitscli.models.registry import DataInfo
-from sitscli.models.sitsbert import DoyEncoding, build, day_of_year
+from sitscli.models.sitsbert import CheapDropout, DoyEncoding, build, day_of_year
 from sitscli.ssl import make_pretext
 from sitscli.ssl.contamination import contaminate
 
@@ -97,6 +97,22 @@ def test_attention_dropout_is_its_own_hyper_parameter_off_by_default():
     assert build({**TINY, "attention_dropout": 0.1}, _info()).encoder.blocks[0].attn.dropout == 0.1
     with pytest.raises(ConfigError, match="attention_dropout"):
         registry.get("sitsbert").check_hparams({"attention_dropout": 1.0})
+
+
+def test_cheap_dropout_drops_p_of_the_elements_and_scales_the_rest():
+    dropout = CheapDropout(0.1).train()
+    x = torch.ones(1_000_003, requires_grad=True)            # not a multiple of 4: the last word is cut
+    torch.manual_seed(0)
+    y = dropout(x)
+    dropped = y == 0
+    for slot in range(4):                                     # each 16-bit slice of a word is a fair draw
+        assert abs(dropped[slot::4].float().mean().item() - 0.1) < 0.003
+    assert torch.allclose(y[~dropped], torch.tensor(1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                    # the gradient goes through the same mask
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)                         # from torch's generator: a seeded run repeats
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(CheapDropout(0.0).train()(x), x)
 
 
 def test_a_model_card_without_attention_dropout_still_loads(tmp_path, toy_pixel_series):

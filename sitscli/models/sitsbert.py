@@ -149,6 +149,53 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, length, d))
 
 
+class CheapDropout(nn.Module):
+    """nn.Dropout whose CPU mask is cut from 16-bit slices of random 64-bit words.
+
+    torch's CPU dropout draws a random float per element (bernoulli_), about a fifth of a SITS-BERT
+    step on a CPU; here one 64-bit draw gives the keep flags of four elements, an element kept
+    when its 16-bit slice is >= p * 65536 (so p is rounded to 1/65536). Same distribution, from
+    torch's generator (a seeded run repeats). Off the CPU: `F.dropout` (fused kernels there).
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return _KeepAndScale.apply(x, _keep_mask(x.shape, self.p), 1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _keep_mask(shape: torch.Size, p: float) -> Tensor:
+    """Bool mask of `shape`, each element True with probability 1 - round(p * 65536) / 65536."""
+    n = math.prod(shape)
+    words = torch.randint(-2**63, 2**63 - 1, (-(-n // 4),), dtype=torch.int64)      # (ceil(n/4),) random words
+    slices = words.view(torch.int16)[:n]                                               # (n,) uniform on -32768..32767
+    return (slices >= round(p * 65536) - 32768).view(shape)
+
+
+class _KeepAndScale(torch.autograd.Function):
+    """x * keep * scale, keeping only the bool mask for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        keep, = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
 class FeedForward(nn.Module):
     """hidden -> inner (default 4 x hidden, BERT's ratio) -> hidden, GELU between."""
 
@@ -156,7 +203,7 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = inner or 4 * hidden
         self.fc1, self.fc2 = nn.Linear(hidden, inner), nn.Linear(inner, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = CheapDropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(F.gelu(self.fc1(x))))
@@ -174,7 +221,7 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, attention_dropout)
         self.ff = FeedForward(hidden, dropout, inner)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = CheapDropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         x = x + self.dropout(self.attn(self.norm1(x), keep))
@@ -194,7 +241,7 @@ class SitsBertEncoder(nn.Module):
         self.norm = BandNorm(info.band_mean, info.band_std)
         self.embed = ObservationEmbedding(info.num_bands, hidden)
         self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)   # BERT's N(0, 0.02) embedding init
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = CheapDropout(dropout)
         self.blocks = nn.ModuleList(Block(hidden, heads, dropout, attention_dropout=attention_dropout) for _ in range(layers))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
