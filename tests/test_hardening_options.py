@@ -61,7 +61,7 @@ def _one_line(err: str, *expected: str) -> None:
     ({}, ["--hparam", "layers=0"], ["sitsbert hyper-parameter layers=0", "greater than or equal to 1"]),
     ({}, ["--hparam", "dropout=2"], ["sitsbert hyper-parameter dropout=2", "less than 1"]),
     ({}, ["--hparam", "pooling=sum"], ["pooling='sum'", "'cls', 'mean' or 'max'"]),
-    ({}, ["--hparam", "hiden=64"], ["unknown sitsbert hyper-parameter 'hiden'", "known dropout, heads, hidden"]),
+    ({}, ["--hparam", "hiden=64"], ["unknown sitsbert hyper-parameter 'hiden'", "known attention_dropout, dropout, heads, hidden"]),
 ])
 def test_a_wrong_option_or_hyper_parameter_is_one_line_and_writes_nothing(config, flags, expected, tmp_path,
                                                                           monkeypatch, capsys, toy_data):
