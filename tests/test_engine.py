@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import _train_script
@@ -86,6 +87,25 @@ def test_stopped_then_resumed_run_equals_uninterrupted_run(tiny_data, reference,
     expected = json.loads((reference / "history.json").read_text())["epochs"]
     assert [r["train_loss"] for r in history] == [r["train_loss"] for r in expected]
     assert [r["val_loss"] for r in history] == [r["val_loss"] for r in expected]
+
+
+def test_state_from_before_length_bucketing_resumes_with_random_batches(tiny_data, tmp_path):
+    """A run saved before `bucket_by_length` existed (SITS-BERT's default is now on) goes on with the
+    plain random batches it started with, so it still ends as the uninterrupted run."""
+    uninterrupted = tmp_path / "uninterrupted"
+    _train_script.train(tiny_data, uninterrupted, epochs=EPOCHS, resume=False, bucket_by_length=False)
+    run = tmp_path / "run"
+    _train_script.train(tiny_data, run, epochs=EPOCHS, resume=False, sigterm_at_step=STEPS_PER_EPOCH + 3,
+                        bucket_by_length=False)
+    state_file, options_file = run / RESUME_DIR / "state.json", run / "config.yaml"   # as an older version wrote them
+    state = json.loads(state_file.read_text())
+    del state["config"]["bucket_by_length"]
+    state_file.write_text(json.dumps(state))
+    options = yaml.safe_load(options_file.read_text())
+    del options["bucket_by_length"]
+    options_file.write_text(yaml.safe_dump(options))
+    _train_script.train(tiny_data, run, epochs=EPOCHS, resume=True)
+    _assert_same_weights(run, uninterrupted)
 
 
 def test_sigterm_leaves_a_resumable_run_and_exit_code(tiny_data, reference, tmp_path):

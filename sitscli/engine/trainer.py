@@ -383,6 +383,11 @@ class _Run:
                    for k in _FIXED_ON_RESUME if k in meta["config"] and meta["config"][k] != getattr(self.cfg, k)]
         if changed:
             raise ConfigError(f"cannot resume {self.run_dir} with other options ({'; '.join(changed)}): use the interrupted run's options")
+        if "bucket_by_length" not in meta["config"] and self.sampler.lengths is not None:
+            # a state saved before length bucketing existed drew plain random batches: go on with them,
+            # or the rest of the interrupted epoch would see some samples twice and others not at all
+            self.sampler.lengths = None
+            log("resuming a run saved before length bucketing: it goes on with random batches")
         try:
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(optimizer_state)
