@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+TILE_SIDE = 10980   # a Sentinel-2 tile at 10 m
 NUM_CLASSES = 10
 CLOUDY = 0.2
 
@@ -155,6 +156,15 @@ def bare_forward(stack: Path, run_dir: Path, device: str, pixels: int, batch_siz
             "pixels_per_s": round(n_batches * batch_size / seconds, 1), "series_length": int(batches[0]["values"].shape[1])}
 
 
+def full_tile_extrapolation(pixels_per_s: float, peak_rss_mb: float) -> dict:
+    """A whole Sentinel-2 tile (10980 x 10980 px) at the measured predict-map rate. Memory is that of
+    the largest measured raster: predict-map holds a block and the one read ahead, never the tile,
+    so its peak does not grow with the raster beyond a few blocks."""
+    pixels = TILE_SIDE * TILE_SIDE
+    return {"tile_side": TILE_SIDE, "pixels_per_s": round(pixels_per_s, 1),
+            "hours": round(pixels / pixels_per_s / 3600, 2), "peak_rss_mb": peak_rss_mb}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="side of the raster timed against the bare forward")
@@ -223,6 +233,8 @@ def main() -> None:
         "pair_ratios": [p["ratio"] for p in pairs],
         "peak_rss_mb": {str(size): runs[size]["peak_rss_mb"] for size in rss_sizes},
         "runs": {str(size): runs[size] for size in runs},
+        "full_tile_extrapolation": full_tile_extrapolation(float(np.median([p["predict_map"]["pixels_per_s"] for p in pairs])),
+                                                           runs[max(rss_sizes)]["peak_rss_mb"]),
     }
     json.dump(report, sys.stdout, indent=1)
     print()
