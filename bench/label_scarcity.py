@@ -135,11 +135,12 @@ def make_full(work: Path, args: argparse.Namespace) -> Path:
     return full
 
 
-def reduced_copy(full: Path, out: Path, *, train_per_class: int, args: argparse.Namespace, seed: int) -> dict:
+def reduced_copy(full: Path, out: Path, *, train_per_class: int, val_per_class: int, args: argparse.Namespace,
+                 seed: int) -> dict:
     """`reduce_labels` once: the labelled counts, read back when the copy was already made."""
     counts = out.with_suffix(".json")
     if not counts.is_file():
-        made = reduce_labels(full, out, train_per_class=train_per_class, val_per_class=args.val_parcels_per_class,
+        made = reduce_labels(full, out, train_per_class=train_per_class, val_per_class=val_per_class,
                              pixels_per_parcel=args.labelled_pixels, seed=seed)
         counts.write_text(json.dumps(made))
     return json.loads(counts.read_text())
@@ -202,13 +203,15 @@ def run_all(work: Path, args: argparse.Namespace, hparams: dict | None) -> None:
     pretrained_run = None
     if any(arm in PRETRAINED_ARMS for arm in args.arms):
         pool = work / "pool.sits"
-        reduced_copy(full, pool, train_per_class=0, args=args, seed=args.data_seed)
+        # no val split left: the pretext loss is watched on 3 % of the pool (pretrain's val_fraction)
+        reduced_copy(full, pool, train_per_class=0, val_per_class=0, args=args, seed=args.data_seed)
         pretrained_run = run_pretraining(work, pool, args, hparams)
     for level in args.levels:
         for seed in args.seeds:
             folder = level_dir(work, level, seed)
             folder.mkdir(parents=True, exist_ok=True)
-            reduced_copy(full, folder / "data.sits", train_per_class=level, args=args, seed=seed)
+            reduced_copy(full, folder / "data.sits", train_per_class=level, val_per_class=args.val_parcels_per_class,
+                         args=args, seed=seed)
             for arm in args.arms:
                 if not (folder / arm / CARD).is_file():
                     train_arm(arm, folder / arm, folder / "data.sits", pretrained_run, seed, args, hparams)
