@@ -183,15 +183,14 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
               args: argparse.Namespace, hparams: dict | None) -> None:
     """One finished run of `arm` in `out` (started again from the beginning if it was cut)."""
     pretrained, options = ARMS[arm]
-    if pretrained:
-        options = {**options, "from_run": str(pretrained_run), "epochs": args.finetune_epochs,
-                   "patience": args.finetune_patience}
-        if arm == "sitsbert_lora":
-            options["lr"] = args.lora_lr
-    elif arm == "rf":
+    if arm == "rf":
         options = {**options, "hparams": {"n_jobs": args.threads}}
     else:
-        options = {**options, "hparams": hparams, "epochs": args.scratch_epochs, "patience": args.finetune_patience}
+        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch}
+        options |= ({"from_run": str(pretrained_run), "epochs": args.finetune_epochs} if pretrained else
+                    {"hparams": hparams, "epochs": args.scratch_epochs})
+    if arm == "sitsbert_lora":
+        options["lr"] = args.lora_lr
     print(f"[label_scarcity] {out.parent.name} {arm}", file=sys.stderr, flush=True)
     run = finetune(out=out, overwrite=True, data=str(data), seed=seed, device=args.device, **options)
     stop_if_interrupted(run, f"{arm} in {out.parent.name}")
@@ -300,6 +299,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="from the pre-trained encoder; default: the paper's (100)")
     parser.add_argument("--scratch-epochs", type=int, default=None, help="from scratch; default: the paper's (300)")
     parser.add_argument("--finetune-patience", type=int, default=None, help="early stopping on val OA; default: the paper's (none)")
+    parser.add_argument("--min-steps-per-epoch", type=int, default=None,
+                        help="smaller batches (not below 32) on few labels, for every SITS-BERT arm (default: the model's batch size)")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA adapters' lr; default: the model's (1e-5)")
     parser.add_argument("--small", action="store_true", help=f"SITS-BERT hidden/layers/heads {SMALL}")
     parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")
