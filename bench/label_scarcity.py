@@ -238,15 +238,17 @@ def score(rows: list[dict]) -> dict:
                      "best_epoch_per_seed": [r["best_epoch"] for r in rows]}
 
 
-def gains(results: dict[str, dict[int, dict]]) -> dict[str, dict[int, dict]]:
-    """Mean OA / macro-F1 of each pre-trained arm minus scratch's, per level both have, on the seeds both finished."""
+def gains(runs: dict[str, dict[int, list[dict]]]) -> dict[str, dict[int, dict]]:
+    """Mean OA / macro-F1 of each pre-trained arm minus scratch's, per level, over the seeds both finished."""
     out: dict[str, dict[int, dict]] = {}
     for arm in PRETRAINED_ARMS:
-        for level, scores in results.get(arm, {}).items():
-            scratch = results.get("sitsbert_scratch", {}).get(level)
-            if scratch is not None:
-                out.setdefault(arm, {})[level] = {key: round(scores[key]["mean"] - scratch[key]["mean"], 4)
-                                                  for key in ("oa", "macro_f1")}
+        for level, rows in sorted(runs.get(arm, {}).items()):
+            scratch = {r["seed"]: r for r in runs.get("sitsbert_scratch", {}).get(level, [])}
+            paired = [(r, scratch[r["seed"]]) for r in rows if r["seed"] in scratch]
+            if paired:
+                out.setdefault(arm, {})[level] = {
+                    key: round(statistics.fmean(r[key] - s[key] for r, s in paired), 4) for key in ("oa", "macro_f1")
+                } | {"seeds": sorted(r["seed"] for r, _ in paired)}
     return out
 
 
@@ -261,7 +263,7 @@ def report(work: Path) -> dict:
                             for path in sorted((work / "runs").glob("*/data.json"))}
     document = {"benchmark": "label_scarcity", "model": "sitsbert", "settings": settings,
                 "pretraining": pretraining_summary(work / "pretrain"), "results": results,
-                "gain_pretrained_minus_scratch": gains(results)}
+                "gain_pretrained_minus_scratch": gains(runs)}
     (work / "report.json").write_text(json.dumps(document, indent=2))
     return document
 
