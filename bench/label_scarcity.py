@@ -1,27 +1,39 @@
-"""SITS-BERT with few labels: pre-trained on unlabelled pixels, then fine-tuned, against from scratch.
+"""SITS-BERT with few labels: pre-trained on unlabelled pixels, then fine-tuned, against from scratch and a random forest.
 
-    python bench/label_scarcity.py [--size 256] [--parcels-per-class 10] [--seeds 0,1,2]
-                                   [--pretrain-epochs N] [--finetune-epochs N] [--small] [--device auto]
+    python bench/label_scarcity.py --workdir DIR [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
+        [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf] [--small]
+        [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
+        [--finetune-patience N] [--labelled-pixels N] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
 accuracy reached with few labels. Steps:
-1. `write_synthetic` (one agronomic year) and `prepare_s2` in pixel mode with an unlabelled pool
-   of pixels drawn outside the parcels (`--unlabeled`).
-   The synthetic parcels tile the whole scene, so that pool is empty there: the unlabelled pixels
-   come from step 2 instead.
-2. A reduced copy of the dataset (`reduce_labels`): in the train split only `--parcels-per-class`
-   parcels of each class keep labels, on `--labelled-pixels` of their pixels; in the val split at
-   most `--val-parcels-per-class` (the epoch is chosen on few labels too, as it would be in
-   practice); every other train or val pixel becomes an unlabelled one (split `unlabeled`, class
-   -1), so `--pixels-per-parcel` sets the size of the pre-training pool. The test split is untouched.
-3. `pretrain` SITS-BERT once on the train + unlabeled splits (labels ignored), then for each seed
-   `finetune` the pre-trained encoder and train the same classifier from scratch, with the same
-   fine-tuning settings (batch size, learning rate: the model's; epochs: the paper's 100 from the
-   pre-trained encoder and 300 from scratch, or `--finetune-epochs` for both, so that only the
-   initial weights differ).
+1. `write_synthetic` (one agronomic year) and `prepare_s2` in pixel mode (`full.sits`), once.
+   The synthetic parcels tile the whole scene, so there is no pool of pixels outside them
+   (`--unlabeled`): the unlabelled pixels are the train and val pixels, labels dropped.
+2. `pool.sits`: a copy of it in which every train and val pixel is unlabelled (split `unlabeled`,
+   class -1), the test split untouched; SITS-BERT is pre-trained once on it (labels ignored, the
+   pretext loss watched on 3 % of the pool), to convergence: `--pretrain-epochs` caps the epochs
+   and `--pretrain-patience` stops when the pretext validation loss no longer improves.
+3. For each level (labelled parcels per class) and seed, a reduced copy (`reduce_labels`): in the
+   train split only `level` parcels of each class, drawn with the seed, keep labels, on
+   `--labelled-pixels` of their pixels; in the val split at most `--val-parcels-per-class` (the
+   epoch is chosen on few labels too, as it would be in practice); every other train/val pixel is
+   unlabelled. The test split is untouched. Each arm trains on it with that seed:
+   - sitsbert_full: every weight of the pre-trained encoder and the new head trains;
+   - sitsbert_lora: LoRA adapters on the frozen pre-trained encoder (the model's LoRA lr) + the head;
+   - sitsbert_frozen: the head only, on the frozen pre-trained encoder (a linear probe of its features);
+   - sitsbert_scratch: the same classifier from random weights;
+   - rf: the random forest baseline (iota2 / Pelletier et al. 2016).
+   Fine-tuning settings are the model's (batch size, learning rate); epochs: the paper's 100 from
+   the pre-trained encoder and 300 from scratch, or `--finetune-epochs` / `--scratch-epochs`.
 
-Prints one JSON document: mean/std test OA and macro-F1 of each arm over seeds, the gain, and
-the settings (what was reduced from the paper's).
+Everything lives in `--workdir`: the scene and datasets are made once, a finished run (its
+`model.yaml`) is skipped, so a killed benchmark continues where it stopped (an interrupted
+pre-training resumes from its last epoch). `--report-only` rebuilds the table from the finished runs.
+
+Prints one JSON document (also written to WORKDIR/report.json): per arm and level the mean/std
+test OA and macro-F1 over seeds, the gain of each pre-trained arm over scratch, the pre-training's
+final pretext losses, and the settings (what was reduced from the paper's).
 """
 
 from __future__ import annotations
@@ -32,20 +44,32 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sitscli.data.prepared import SPLIT_CODES, PreparedWriter, open_prepared
 from sitscli.data.recipes.s2 import prepare_s2
 from sitscli.data.synthetic import write_synthetic
+from sitscli.engine.checkpoint import CARD
 from sitscli.engine.device import resolve_device
 from sitscli.workflows.finetune import finetune
-from sitscli.workflows.pretrain import pretrain
+from sitscli.workflows.pretrain import RESUME, pretrain
 
 SMALL = {"hidden": 64, "layers": 2, "heads": 4}     # reduced from the reference 256 / 3 / 8
 SCALE = 10000.0                                      # stored int16 = reflectance x 10000
+# arm -> (starts from the pre-trained encoder, finetune options)
+ARMS: dict[str, tuple[bool, dict]] = {
+    "sitsbert_full": (True, {"mode": "full"}),
+    "sitsbert_lora": (True, {"mode": "lora"}),
+    "sitsbert_frozen": (True, {"mode": "frozen"}),
+    "sitsbert_scratch": (False, {"model": "sitsbert"}),
+    "rf": (False, {"model": "rf"}),
+}
+PRETRAINED_ARMS = [arm for arm, (pretrained, _) in ARMS.items() if pretrained]
+# settings a resumed benchmark may change: which runs to make and where; the others must match the saved ones
+FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
 
 
 def keep_groups(group: np.ndarray, y: np.ndarray, in_split: np.ndarray, per_class: int,
@@ -94,30 +118,169 @@ def reduce_labels(source: Path, out: Path, *, train_per_class: int, val_per_clas
         "unlabeled_pixels": int((split == SPLIT_CODES["unlabeled"]).sum())}
 
 
-def make_dataset(work: Path, args: argparse.Namespace) -> tuple[Path, dict]:
-    scene = write_synthetic(work / "synthetic", size=args.size, seed=args.data_seed, years=1,
-                            difficulty=args.difficulty, layout="cog", workers=2)
-    full = prepare_s2(scene.l2a, work / "full.sits", labels=scene.parcels, class_field=scene.class_field,
-                      max_per_polygon=args.pixels_per_parcel, unlabeled=args.unlabeled, seed=args.data_seed)
-    counts = reduce_labels(full, work / "scarce.sits", train_per_class=args.parcels_per_class,
-                           val_per_class=args.val_parcels_per_class, pixels_per_parcel=args.labelled_pixels,
-                           seed=args.data_seed)
-    return work / "scarce.sits", counts
-
-
 def stop_if_interrupted(result, what: str) -> None:
     """SIGTERM/SIGUSR1 stopped the run (the engine saved a resumable state): stop the benchmark."""
     if result.fit.interrupted:
         raise SystemExit(f"interrupted during {what}")
 
 
+def make_full(work: Path, args: argparse.Namespace) -> Path:
+    """The synthetic scene prepared in pixel mode, made once (`full.sits` exists when complete)."""
+    full = work / "full.sits"
+    if not full.exists():
+        scene = write_synthetic(work / "synthetic", size=args.size, seed=args.data_seed, years=1,
+                                difficulty=args.difficulty, layout="cog", workers=args.threads, overwrite=True)
+        prepare_s2(scene.l2a, full, labels=scene.parcels, class_field=scene.class_field,
+                   max_per_polygon=args.pixels_per_parcel, unlabeled=args.unlabeled, seed=args.data_seed)
+    return full
+
+
+def reduced_copy(full: Path, out: Path, *, train_per_class: int, val_per_class: int, args: argparse.Namespace,
+                 seed: int) -> dict:
+    """`reduce_labels` once: the labelled counts, read back when the copy was already made."""
+    counts = out.with_suffix(".json")
+    if not counts.is_file():
+        made = reduce_labels(full, out, train_per_class=train_per_class, val_per_class=val_per_class,
+                             pixels_per_parcel=args.labelled_pixels, seed=seed)
+        counts.write_text(json.dumps(made))
+    return json.loads(counts.read_text())
+
+
+def run_pretraining(work: Path, pool: Path, args: argparse.Namespace, hparams: dict | None) -> Path:
+    """SITS-BERT pre-trained on the pool until its pretext loss stops improving; resumed if interrupted."""
+    run_dir = work / "pretrain"
+    if (run_dir / CARD).is_file():
+        return run_dir
+    options = dict(data=str(pool), model="sitsbert", hparams=hparams, epochs=args.pretrain_epochs,
+                   patience=args.pretrain_patience, lr=args.pretrain_lr, warmup_epochs=args.pretrain_warmup,
+                   device=args.device, seed=0)
+    print("[label_scarcity] pre-training", file=sys.stderr, flush=True)
+    if (run_dir / RESUME).is_dir():
+        result = pretrain(resume=run_dir, **options)
+    else:
+        result = pretrain(out=run_dir, overwrite=True, **options)
+    stop_if_interrupted(result, "pre-training")
+    return run_dir
+
+
+def pretraining_summary(run_dir: Path) -> dict | None:
+    """Epochs run, the best and the final pretext losses of the pre-training (None before it finished)."""
+    if not (run_dir / CARD).is_file():
+        return None
+    history = json.loads((run_dir / "history.json").read_text())
+    last = history["epochs"][-1]
+    return {"epochs_run": len(history["epochs"]), "stopped_early": history["stopped_early"],
+            "best_epoch": history["best_epoch"], "best_val_loss": round(history["best_metric"], 5),
+            "final_train_loss": round(last["train_loss"], 5), "final_val_loss": round(last["val_loss"], 5),
+            "seconds": round(sum(row["time_s"] for row in history["epochs"]), 1)}
+
+
+def level_dir(work: Path, level: int, seed: int) -> Path:
+    return work / "runs" / f"parcels{level:03d}_seed{seed}"
+
+
+def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed: int,
+              args: argparse.Namespace, hparams: dict | None) -> None:
+    """One finished run of `arm` in `out` (started again from the beginning if it was cut)."""
+    pretrained, options = ARMS[arm]
+    if arm == "rf":
+        options = {**options, "hparams": {"n_jobs": args.threads}}
+    else:
+        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch}
+        options |= ({"from_run": str(pretrained_run), "epochs": args.finetune_epochs} if pretrained else
+                    {"hparams": hparams, "epochs": args.scratch_epochs})
+    if arm == "sitsbert_lora":
+        options["lr"] = args.lora_lr
+    print(f"[label_scarcity] {out.parent.name} {arm}", file=sys.stderr, flush=True)
+    run = finetune(out=out, overwrite=True, data=str(data), seed=seed, device=args.device, **options)
+    stop_if_interrupted(run, f"{arm} in {out.parent.name}")
+
+
+def run_all(work: Path, args: argparse.Namespace, hparams: dict | None) -> None:
+    """Every (level, seed, arm) run not finished yet; the pre-training when a pre-trained arm needs it."""
+    full = make_full(work, args)
+    pretrained_run = None
+    if any(arm in PRETRAINED_ARMS for arm in args.arms):
+        pool = work / "pool.sits"
+        # no val split left: the pretext loss is watched on 3 % of the pool (pretrain's val_fraction)
+        reduced_copy(full, pool, train_per_class=0, val_per_class=0, args=args, seed=args.data_seed)
+        pretrained_run = run_pretraining(work, pool, args, hparams)
+    for level in args.levels:
+        for seed in args.seeds:
+            folder = level_dir(work, level, seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            reduced_copy(full, folder / "data.sits", train_per_class=level, val_per_class=args.val_parcels_per_class,
+                         args=args, seed=seed)
+            for arm in args.arms:
+                if not (folder / arm / CARD).is_file():
+                    train_arm(arm, folder / arm, folder / "data.sits", pretrained_run, seed, args, hparams)
+
+
+def finished_runs(work: Path) -> dict[str, dict[int, list[dict]]]:
+    """arm -> level -> [{seed, oa, macro_f1, best_epoch}] of every finished run in the workdir."""
+    found: dict[str, dict[int, list[dict]]] = {}
+    for card in sorted((work / "runs").glob(f"parcels*_seed*/*/{CARD}")):
+        run_dir = card.parent
+        level, seed = (int(part) for part in run_dir.parent.name.removeprefix("parcels").split("_seed"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        history = run_dir / "history.json"
+        best_epoch = json.loads(history.read_text())["best_epoch"] if history.is_file() else None
+        found.setdefault(run_dir.name, {}).setdefault(level, []).append(
+            {"seed": seed, "oa": metrics["oa"], "macro_f1": metrics["macro_f1"], "best_epoch": best_epoch})
+    return found
+
+
 def score(rows: list[dict]) -> dict:
-    return {key: {"mean": round(statistics.fmean(r[key] for r in rows), 4),
-                  "std": round(statistics.pstdev([r[key] for r in rows]), 4), "per_seed": [round(r[key], 4) for r in rows]}
-            for key in ("oa", "macro_f1")}
+    """Mean/std (population) over seeds of test OA and macro-F1, with the per-seed values."""
+    scores = {key: {"mean": round(statistics.fmean(r[key] for r in rows), 4),
+                    "std": round(statistics.pstdev([r[key] for r in rows]), 4)} for key in ("oa", "macro_f1")}
+    return scores | {"seeds": [r["seed"] for r in rows], "oa_per_seed": [round(r["oa"], 4) for r in rows],
+                     "best_epoch_per_seed": [r["best_epoch"] for r in rows]}
 
 
-def main() -> None:
+def gains(runs: dict[str, dict[int, list[dict]]]) -> dict[str, dict[int, dict]]:
+    """Mean OA / macro-F1 of each pre-trained arm minus scratch's, per level, over the seeds both finished."""
+    out: dict[str, dict[int, dict]] = {}
+    for arm in PRETRAINED_ARMS:
+        for level, rows in sorted(runs.get(arm, {}).items()):
+            scratch = {r["seed"]: r for r in runs.get("sitsbert_scratch", {}).get(level, [])}
+            paired = [(r, scratch[r["seed"]]) for r in rows if r["seed"] in scratch]
+            if paired:
+                out.setdefault(arm, {})[level] = {
+                    key: round(statistics.fmean(r[key] - s[key] for r, s in paired), 4) for key in ("oa", "macro_f1")
+                } | {"seeds": sorted(r["seed"] for r, _ in paired)}
+    return out
+
+
+def report(work: Path) -> dict:
+    """The table of every finished run in the workdir (arms and levels in order)."""
+    runs = finished_runs(work)
+    results = {arm: {level: score(sorted(rows, key=lambda r: r["seed"])) for level, rows in sorted(runs[arm].items())}
+               for arm in ARMS if arm in runs}
+    settings_file = work / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings["labelled"] = {path.parent.name: json.loads(path.read_text())
+                            for path in sorted((work / "runs").glob("*/data.json"))}
+    document = {"benchmark": "label_scarcity", "model": "sitsbert", "settings": settings,
+                "pretraining": pretraining_summary(work / "pretrain"), "results": results,
+                "gain_pretrained_minus_scratch": gains(runs)}
+    (work / "report.json").write_text(json.dumps(document, indent=2))
+    return document
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def arm_list(text: str) -> list[str]:
+    arms = text.split(",")
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}: choose among {', '.join(ARMS)}")
+    return arms
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="synthetic scene side (px)")
     parser.add_argument("--difficulty", type=float, default=0.3)
@@ -126,49 +289,63 @@ def main() -> None:
     parser.add_argument("--labelled-pixels", type=int, default=10, help="labelled pixels of each kept parcel")
     parser.add_argument("--unlabeled", type=int, default=0,
                         help="pixels drawn outside the parcels (none there in the synthetic scene: it is all parcels)")
-    parser.add_argument("--parcels-per-class", type=int, default=10)
+    parser.add_argument("--levels", type=int_list, default=[5, 10, 20, 50], help="labelled parcels per class")
     parser.add_argument("--val-parcels-per-class", type=int, default=3)
-    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the paper's (100)")
+    parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+    parser.add_argument("--arms", type=arm_list, default=list(ARMS), help=f"among {', '.join(ARMS)}")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="cap; default: the paper's (100)")
+    parser.add_argument("--pretrain-patience", type=int, default=None,
+                        help="stop when the pretext validation loss has not improved for N epochs (default: the paper's, none)")
     parser.add_argument("--pretrain-lr", type=float, default=None, help="default: the paper's (1e-4)")
-    parser.add_argument("--pretrain-warmup", type=float, default=None, help="warm-up epochs; default: the paper's (10)")
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the paper's (100)")
+    parser.add_argument("--pretrain-warmup", type=float, default=None, help="warm-up epochs; default: the paper's (0)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="from the pre-trained encoder; default: the paper's (100)")
+    parser.add_argument("--scratch-epochs", type=int, default=None, help="from scratch; default: the paper's (300)")
+    parser.add_argument("--finetune-patience", type=int, default=None, help="early stopping on val OA; default: the paper's (none)")
+    parser.add_argument("--min-steps-per-epoch", type=int, default=None,
+                        help="smaller batches (not below 32) on few labels, for every SITS-BERT arm (default: the model's batch size)")
+    parser.add_argument("--lora-lr", type=float, default=None, help="LoRA adapters' lr; default: the model's (1e-5)")
     parser.add_argument("--small", action="store_true", help=f"SITS-BERT hidden/layers/heads {SMALL}")
+    parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workdir", default=None, help="keep data and runs here (default: temporary, removed)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep data and runs here, to resume or report (default: temporary, removed)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON table from the workdir's finished runs")
     args = parser.parse_args()
+    if args.report_only and not (args.workdir and Path(args.workdir, "runs").is_dir()):
+        parser.error("--report-only needs --workdir: a folder holding the runs of an earlier benchmark")
+    return args
+
+
+def check_same_settings(saved: Path, settings: dict) -> None:
+    """A resumed benchmark keeps the data and training settings of its finished runs."""
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    changed = [f"{key} was {before.get(key)!r}, now {value!r}" for key, value in json.loads(json.dumps(settings)).items()
+               if key not in FREE_ON_RESUME and before.get(key) != value]
+    if changed:
+        raise SystemExit(f"the workdir holds runs made with other settings ({'; '.join(changed)}): use another --workdir")
+
+
+def main() -> None:
+    args = parse_args()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sits_scarcity_"))
-    work.mkdir(parents=True, exist_ok=True)
-    hparams = SMALL if args.small else None
-    try:
-        data, counts = make_dataset(work, args)
-        start = time.perf_counter()
-        pre = pretrain(out=work / "pretrain", overwrite=True, data=str(data), model="sitsbert", hparams=hparams,
-                       epochs=args.pretrain_epochs, lr=args.pretrain_lr, warmup_epochs=args.pretrain_warmup,
-                       device=args.device, seed=0)
-        pretrain_s = time.perf_counter() - start
-        stop_if_interrupted(pre, "pre-training")
-        arms: dict[str, list[dict]] = {"pretrained": [], "scratch": []}
-        for seed in args.seeds:
-            for arm in arms:
-                print(f"[label_scarcity] {arm} seed {seed}", file=sys.stderr, flush=True)
-                source = {"from_run": str(pre.run_dir)} if arm == "pretrained" else {"model": "sitsbert", "hparams": hparams}
-                run = finetune(out=work / f"{arm}_seed{seed}", overwrite=True, data=str(data), seed=seed,
-                               epochs=args.finetune_epochs, device=args.device, **source)
-                stop_if_interrupted(run, f"{arm} seed {seed}")
-                arms[arm].append({"oa": run.report["oa"], "macro_f1": run.report["macro_f1"]})
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    results = {arm: score(rows) for arm, rows in arms.items()}
-    gain = {key: round(results["pretrained"][key]["mean"] - results["scratch"][key]["mean"], 4) for key in ("oa", "macro_f1")}
-    print(f"pretrained: {results['pretrained']}\nscratch: {results['scratch']}\ngain: {gain}", file=sys.stderr)
-    settings = {k: v for k, v in vars(args).items() if k != "workdir"} | {
-        "hparams": hparams or "paper (hidden 256, 3 layers, 8 heads)", "labelled": counts,
-        "pretrain_history_best_epoch": pre.fit.best_epoch, "pretrain_s": round(pretrain_s, 1),
-        "device": str(resolve_device(args.device))}
-    print(json.dumps({"benchmark": "label_scarcity", "model": "sitsbert", "settings": settings, "results": results,
-                      "gain_pretrained_minus_scratch": gain}, indent=2))
+    if not args.report_only:
+        torch.set_num_threads(args.threads)
+        work.mkdir(parents=True, exist_ok=True)
+        hparams = SMALL if args.small else None
+        settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only")} | {
+            "hparams": hparams or "paper (hidden 256, 3 layers, 8 heads)", "device": str(resolve_device(args.device))}
+        check_same_settings(work / "settings.json", settings)
+        (work / "settings.json").write_text(json.dumps(settings, indent=1))
+        try:
+            run_all(work, args, hparams)
+        finally:
+            print(json.dumps(report(work), indent=2))
+            if args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        return
+    print(json.dumps(report(work), indent=2))
 
 
 if __name__ == "__main__":

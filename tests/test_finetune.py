@@ -17,7 +17,7 @@ from sitscli.data.torchdata import SeriesDataset
 from sitscli.engine.checkpoint import load_model, read_card
 from sitscli.engine.metrics import classification_report, predict_labels, row_normalised, write_report
 from sitscli.engine.resume import load_state
-from sitscli.models import registry
+from sitscli.models import registry, sitsbert
 from sitscli.models.registry import ModelSpec
 from sitscli.workflows.finetune import ClassificationTask, class_weights, evaluate_run, finetune, hold_out_groups
 from sitscli.workflows.pretrain import pretrain
@@ -146,6 +146,31 @@ def test_lora_trains_adapters_and_head_and_exports_a_merged_plain_classifier(tmp
     assert read_card(result.run_dir).extra["lora"]["merged"] is True
     again = evaluate_run(result.run_dir, toy_data, device="cpu")            # loads without LoRA code, same scores
     assert again["confusion"] == result.report["confusion"]
+
+
+def test_lora_trains_the_new_head_at_the_finetuning_lr_and_the_adapters_at_the_lora_lr(
+        tmp_path, toy_data, pretrained, monkeypatch):
+    """Issue 11: with the head at the adapters' 1e-5 the classifier stayed at its initial predictions.
+
+    The model's fine-tuning lr is raised for the toy data (few steps); the LoRA lr stays SITS-BERT's 1e-5.
+    """
+    monkeypatch.setitem(sitsbert.TRAINING["finetune"], "lr", 5e-3)
+    runs = {head_lr: finetune(out=tmp_path / f"head{head_lr}", data=toy_data, from_run=pretrained.run_dir, mode="lora",
+                              head_lr=head_lr, device="cpu", batch_size=32, epochs=10) for head_lr in (None, 1e-5)}
+    _, optimizer, _, _ = load_state(runs[None].run_dir / "resume")
+    groups = [(group["lr"], len(group["params"])) for group in optimizer["param_groups"]]
+    assert groups == [(1e-5, 4), (1e-5, 0), (5e-3, 1), (5e-3, 1)]   # q, v adapters (A, B); head weight; head bias
+    assert yaml.safe_load((runs[None].run_dir / "config.yaml").read_text())["head_lr"] == 5e-3
+    assert runs[None].report["oa"] > 0.6                              # chance: 1/3
+    assert runs[1e-5].report["oa"] < 0.5                              # the head at the adapters' lr barely moves
+
+
+def test_head_lr_gives_the_head_its_own_group_in_full_mode(tmp_path, toy_data, pretrained):
+    result = finetune(out=tmp_path / "full", data=toy_data, from_run=pretrained.run_dir, head_lr=1e-2,
+                      **{**FAST, "epochs": 1})
+    _, optimizer, _, _ = load_state(result.run_dir / "resume")
+    assert [group["lr"] for group in optimizer["param_groups"]] == [2e-3, 2e-3, 1e-2, 1e-2]
+    assert sum(len(group["params"]) for group in optimizer["param_groups"][2:]) == 2        # head weight, bias
 
 
 def test_the_same_seed_repeats_a_cpu_run_exactly(tmp_path, toy_data, pretrained):

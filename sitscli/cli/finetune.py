@@ -81,6 +81,7 @@ def finetune_command(
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha (default 24)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="Dropout on the adapters' input (default 0.01)."),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Layers to adapt: q,v (default), qkv, qkv,ffn or any of q,k,v,fc1,fc2."),
+    head_lr: Optional[float] = typer.Option(None, "--head-lr", help="Learning rate of the classification head (default: --lr; with --mode lora, the model's fine-tuning rate, while --lr sets the adapters')."),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="none (default) | balanced (inverse class frequency)."),
     eval_date_shift: Optional[str] = typer.Option(None, "--eval-date-shift", help="Also score with dates moved by these days, e.g. 0,1,2,3,5."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Sensors to feed, e.g. s2,s1,vhr (default: every sensor of the data the model uses)."),
@@ -115,7 +116,7 @@ def finetune_command(
         out=out, config_file=config_file, resume=resume, overwrite=overwrite,
         data=dataset, model=model, from_run=str(from_run) if from_run else None, mode=mode, pooling=pooling,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-        class_weights=class_weights, eval_date_shift=eval_date_shift, modalities=modalities,
+        head_lr=head_lr, class_weights=class_weights, eval_date_shift=eval_date_shift, modalities=modalities,
         **training_flags(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, device=device, seed=seed,
                          num_workers=num_workers, hparam=hparam))
     finish_run(result, "finetune")

@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Protocol
@@ -114,6 +114,12 @@ class Task(Protocol):
         ...
 
 
+# Parameters trained at their own base learning rate (None: the config's `lr`), e.g. LoRA adapters
+# at a low rate beside a new classification head at the fine-tuning rate. The schedule scales every
+# group's base rate by the same factor.
+ParamGroup = tuple[Sequence[nn.Parameter], float | None]
+
+
 @dataclass
 class FitResult:
     best_epoch: int                  # 1-based, as in `history[i]["epoch"]`; 0 when no epoch finished
@@ -133,11 +139,12 @@ def seed_everything(seed: int) -> None:
 
 def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | None, collate_fn: Callable,
         cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
-        trainable: Iterable[nn.Parameter] | None = None) -> FitResult:
+        trainable: Sequence[ParamGroup] | None = None) -> FitResult:
     """Train `model` on `train_set`, keep the best weights by `cfg.monitor`, load them into `model`.
 
-    `trainable`: the parameters to train (frozen encoder, LoRA adapters + head); every other
-    parameter gets requires_grad=False. Default: all parameters that require grad.
+    `trainable`: the groups of parameters to train, each at its own base learning rate (frozen
+    encoder: the head; LoRA: the adapters and the head); every other parameter gets
+    requires_grad=False. Default: all parameters that require grad, at `cfg.lr`.
     Writes into `run_dir` (rank 0): history.csv, history.json, curves.png and resume/.
     """
     ctx = distributed.setup(cfg.device)
@@ -200,8 +207,9 @@ class _Run:
         self.task, self.train_set, self.val_set, self.collate_fn = task, train_set, val_set, collate_fn
         self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
         self.model = model.to(ctx.device)
-        self.params = _select_trainable(self.model, trainable)
-        self.optimizer = _make_optimizer(self.params, cfg)
+        groups = _select_trainable(self.model, trainable)
+        self.params = [p for params, _ in groups for p in params]
+        self.optimizer = _make_optimizer(groups, cfg)
         self.schedule = LRSchedule(
             self.optimizer, cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
             restart_period=cfg.restart_period, monitor_mode=cfg.monitor_mode,
@@ -454,15 +462,18 @@ def _check_config(cfg: TrainConfig, train_set, val_set, ctx: DistContext) -> Non
         raise ConfigError(f"the validation split has {len(val_set)} sample(s), fewer than the {ctx.world_size} processes")
 
 
-def _select_trainable(model: nn.Module, trainable: Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
-    if trainable is not None:
-        chosen = {id(p) for p in trainable}
+def _select_trainable(model: nn.Module, trainable: Sequence[ParamGroup] | None) -> list[ParamGroup]:
+    """The groups to train (all parameters that require grad when None); freezes the model's others."""
+    if trainable is None:
+        groups: list[ParamGroup] = [([p for p in model.parameters() if p.requires_grad], None)]
+    else:
+        groups = [(list(params), lr) for params, lr in trainable]
+        chosen = {id(p) for params, _ in groups for p in params}
         for p in model.parameters():
             p.requires_grad_(id(p) in chosen)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(params for params, _ in groups):
         raise ConfigError("the model has no trainable parameter: check the fine-tuning mode")
-    return params
+    return groups
 
 
 # The smallest batch `min_steps_per_epoch` shrinks to: below ~32 samples a step's gradient (and an
@@ -478,13 +489,16 @@ def scaled_batch_size(batch_size: int, n_samples: int, min_steps: int | None) ->
     return min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps))
 
 
-def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(groups: list[ParamGroup], cfg: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay on matrices (linear, attention, embeddings) only, not on biases and norm scales:
     # decaying those only pulls them to zero without regularising (the usual AdamW practice).
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    param_groups = []
+    for params, lr in groups:
+        lr = cfg.lr if lr is None else lr
+        param_groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(groups, lr=cfg.lr)
+    return optimizer(param_groups, lr=cfg.lr)
 
 
 def _batch_len(batch) -> int:

@@ -16,7 +16,13 @@ Modes (LoRA: Hu et al. 2021):
   eval mode (dropout off, BatchNorm statistics fixed) so that its features do not drift.
 - lora: low-rank adapters on the encoder's attention (and optionally feed-forward) layers plus the
   head train; the base weights stay bitwise as loaded. The adapters are merged on export, so the
-  saved run is a plain classifier that loads without any LoRA code.
+  saved run is a plain classifier that loads without any LoRA code. The adapters train at `lr`
+  (the model's LoRA rate, e.g. SITS-BERT's 1e-5) and the new, randomly initialised head at
+  `head_lr`, by default the model's fine-tuning rate: at an adapter's rate a new head barely moves
+  in a few epochs (issue 11: OA stayed at its initial value).
+
+`head_lr` (any mode) trains the head (every parameter outside `encoder.`) at its own rate; by
+default it is `lr`, except in lora mode.
 
 The best epoch is chosen on validation overall accuracy (`monitor: val_oa`, max): SITS-BERT's
 reference code keeps the epoch with the best validation accuracy, and accuracy is what the report
@@ -55,7 +61,7 @@ from sitscli.engine.checkpoint import (ModelCard, check_bands, check_classes, ch
 from sitscli.engine.device import resolve_device
 from sitscli.engine.metrics import (classification_report, multilabel_report, predict_labels, predict_multilabel,
                                     report_summary, write_report)
-from sitscli.engine.trainer import FitResult, fit, seed_everything
+from sitscli.engine.trainer import FitResult, ParamGroup, TrainConfig, fit, seed_everything
 from sitscli.models import registry
 from sitscli.models.heads import POOLINGS
 from sitscli.models.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, DEFAULT_TARGETS, apply_lora, merge_lora, parse_targets
@@ -87,6 +93,8 @@ class FinetuneOptions(BaseModel):
     lora_alpha: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_ALPHA
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = DEFAULT_DROPOUT
     lora_targets: str = DEFAULT_TARGETS
+    # the head's lr (None: `lr`, and in lora mode the model's fine-tuning lr; module docstring)
+    head_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     class_weights: Literal[CLASS_WEIGHTS] = "none"
     eval_date_shift: list[int] | str = []     # days, or "0,1,2" (parse_shifts)
     # share of the training parcels (groups) held out for choosing the epoch when the dataset has
@@ -206,7 +214,7 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
     trained, trainable = _prepare_mode(classifier, options)
     task = (MultiLabelTask() if getattr(classifier, "multilabel", False) else
             ClassificationTask(class_weights(prepared, options["class_weights"]), getattr(classifier, "training_loss", None)))
-    n_trainable = sum(p.numel() for p in trainable)
+    n_trainable = sum(p.numel() for params, _ in trainable for p in params)
 
     with run_directory(run_dir, options, resume=resume is not None):
         log(f"fine-tuning {spec.name} ({options['mode']}, {n_trainable:,} trainable parameters"
@@ -265,7 +273,14 @@ def _resolve(flags: Mapping[str, Any], config_file, resume, protocol) -> tuple[d
     if from_card is not None:
         options["from_run"] = str(Path(from_card.run_dir).resolve())
     options["eval_date_shift"] = parse_shifts(options["eval_date_shift"])
+    if options["head_lr"] is None and options["mode"] == "lora":
+        options["head_lr"] = finetune_lr(training_spec)
     return options, spec, from_card
+
+
+def finetune_lr(spec: ModelSpec) -> float:
+    """The model's fine-tuning learning rate (its paper setting, else the engine's default)."""
+    return model_training_defaults(spec, "finetune").get("lr", TrainConfig().lr)
 
 
 def _on_pretrained(model: str, from_card: ModelCard) -> str:
@@ -381,17 +396,21 @@ def load_encoder(classifier: nn.Module, from_card: ModelCard) -> None:
                               f"leave out --hparam options that change its size") from None
 
 
-def _prepare_mode(classifier: nn.Module, options: Mapping[str, Any]) -> tuple[nn.Module, list[nn.Parameter]]:
-    """-> (the module to train, its trainable parameters) for the fine-tuning mode."""
-    mode = options["mode"]
+def _prepare_mode(classifier: nn.Module, options: Mapping[str, Any]) -> tuple[nn.Module, list[ParamGroup]]:
+    """-> (the module to train, its trainable parameter groups with their lr) for the fine-tuning mode:
+    the encoder's part at `lr` (None), the head at `head_lr`."""
+    mode, head_lr = options["mode"], options["head_lr"]
     head = [p for name, p in classifier.named_parameters() if not name.startswith("encoder.")]
+    if mode == "full" and head_lr is None:
+        return classifier, [(list(classifier.parameters()), None)]
     if mode == "full":
-        return classifier, list(classifier.parameters())
+        encoder = [p for name, p in classifier.named_parameters() if name.startswith("encoder.")]
+        return classifier, [(encoder, None), (head, head_lr)]
     if mode == "frozen":
-        return FrozenEncoder(classifier), head
+        return FrozenEncoder(classifier), [(head, head_lr)]
     adapters = apply_lora(classifier.encoder, parse_targets(str(options["lora_targets"])), int(options["lora_rank"]),
                           float(options["lora_alpha"]), float(options["lora_dropout"]))
-    return classifier, adapters + head
+    return classifier, [(adapters, None), (head, head_lr)]
 
 
 def class_weights(prepared: Prepared, how: str) -> Tensor | None:
