@@ -203,6 +203,22 @@ def test_finetune_trains_and_saves_mtan_svgp(tmp_path, toy_pixel_series, monkeyp
     assert card.model_name == "mtan-svgp" and bool(loaded.head.inducing_ready)
 
 
+def test_default_inducing_points_shrink_to_a_small_training_set(tmp_path, toy_pixel_series, monkeypatch):
+    """The paper's M = 200 on 72 training samples: one inducing point a sample, not a refusal; an M
+    the user asks for is still checked."""
+    from sitscli.workflows.finetune import finetune
+
+    monkeypatch.setattr("sitscli.engine.trainer.plot_curves", lambda *args, **kwargs: None)
+    data = _write_dataset(tmp_path / "toy.sits", toy_pixel_series)
+    result = finetune(out=tmp_path / "run", data=data, model="mtan-svgp", hparams={**TINY_MTAN, "mc_samples": 4},
+                      device="cpu", batch_size=36, lr=1e-2, epochs=1)
+    _, card = load_model(result.run_dir)
+    assert card.hparams["inducing"] == 72 < registry.get("mtan-svgp").defaults["inducing"]
+    with pytest.raises(ConfigError, match="at most 72"):
+        finetune(out=tmp_path / "asked", data=data, model="mtan-svgp", hparams={**TINY_MTAN, "inducing": 100},
+                 device="cpu", batch_size=36, epochs=1)
+
+
 def test_recipe_scales_the_batch_to_the_data_and_keeps_the_papers_on_large_data():
     from sitscli.engine.trainer import scaled_batch_size
     from sitscli.workflows.pretrain import model_training_defaults

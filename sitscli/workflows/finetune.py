@@ -201,7 +201,7 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
         train_set, val_set = hold_out_groups(train_set, prepared, options["val_fraction"], cfg.seed)
 
     info = _classifier_info(prepared, from_card, fed)
-    hparams = _hparams(options, spec, from_card)
+    hparams = _fit_inducing_points(_hparams(options, spec, from_card), spec, len(train_set))
     warn_folded_years(prepared, spec, {**spec.defaults, **hparams})
     warn_scarce_classes(prepared)
     seed_everything(cfg.seed)             # the head's (and adapters') initial weights repeat too
@@ -394,6 +394,17 @@ def load_encoder(classifier: nn.Module, from_card: ModelCard) -> None:
         first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
         raise CheckpointError(f"the encoder of {from_card.run_dir} does not fit the hyper-parameters asked for ({first}): "
                               f"leave out --hparam options that change its size") from None
+
+
+def _fit_inducing_points(hparams: dict[str, Any], spec: ModelSpec, num_train: int) -> dict[str, Any]:
+    """An SVGP's default number of inducing points (the mTAN-SVGP paper's M = 200) capped at the
+    training set's size: more inducing points than samples has nothing to summarise. A value the user
+    (or a pre-trained card) gave is kept, and refused later if too large."""
+    default = spec.defaults.get("inducing") if isinstance(spec.defaults, dict) else None
+    if default is None or "inducing" in hparams or num_train >= default:
+        return hparams
+    log(f"{spec.name}: {num_train} inducing points (the default {default} is more than the {num_train} training samples)")
+    return {**hparams, "inducing": num_train}
 
 
 def _prepare_mode(classifier: nn.Module, options: Mapping[str, Any]) -> tuple[nn.Module, list[ParamGroup]]:
