@@ -19,9 +19,9 @@
    block once that many seconds have passed: blocks done / total, peak RSS so far, and the full
    time extrapolated from the blocks done (peak memory follows --block, not the raster size).
 
-CPU note: ALISE inference costs about (P / (P - overlap))^2 x 2 series encodings per pixel; on 2 CPU
-cores the 2048 x 2048 pair takes over 25 minutes, so CPU runs use e.g. `--size 128 --epochs 15
---rss-size 2048 --rss-dates 6 --rss-seconds 240`. Prints one JSON document.
+CPU note: ALISE inference costs about (P / (P - overlap))^2 x 2 series encodings per pixel; on 2
+loaded CPU cores the 2048 x 2048 pair took 7 to 25 minutes (extrapolated), so CPU runs use e.g.
+`--size 128 --epochs 15 --rss-size 2048 --rss-dates 6 --rss-seconds 240`. Prints one JSON document.
 """
 
 from __future__ import annotations
