@@ -11,7 +11,8 @@
    paper's days since the reference date; "season": days since 1 October), then `change_detect`
    scores A vs B with each, and with the GF baseline; ROC AUC of every arm (Dumeur et al. 2024
    report 0.91 vs 0.88 on RotCrop). The JSON gives per-seed AUCs, mean and sample std (ddof 1) per
-   arm, and ALISE - GF per encoding.
+   arm, and ALISE - GF per encoding. With --cosine each ALISE model is also scored with
+   `--distance cosine` (arm alise_ENCODING_cosine).
 2. Memory: the first seed's two years are tiled to --rss-size x --rss-size pixel GeoTIFF stacks
    (int16, at most --rss-dates dates each, to keep the files a few GB), and each method runs in a
    fresh subprocess (the first seed's first encoding for ALISE) that reports its wall time and
@@ -103,8 +104,10 @@ def scene_and_reference(work: Path, size: int, seed: int):
     return scene, parcels, reference, years
 
 
-def one_seed(work: Path, size: int, epochs: int, device: str, seed: int, encodings: list[str]) -> tuple[dict, dict]:
-    """AUC of ALISE per encoding and of GF on one seed's scene -> ({arm: auc}, setup and timings)."""
+def one_seed(work: Path, size: int, epochs: int, device: str, seed: int, encodings: list[str],
+             cosine: bool) -> tuple[dict, dict]:
+    """AUC of ALISE per encoding (eq. 12, and with `cosine` 1 - cosine similarity too) and of GF on one
+    seed's scene -> ({arm: auc}, setup and timings)."""
     from sitscli.data.readers import open_source
     from sitscli.data.recipes.s2 import prepare_cube
     from sitscli.workflows.change_detect import change_detect
@@ -118,10 +121,10 @@ def one_seed(work: Path, size: int, epochs: int, device: str, seed: int, encodin
     prepared = prepare_cube(open_source(scene.l2a), work / "patches.sits", labels=scene.parcels,
                             class_field=scene.class_field, patch_size=32)
 
-    def score(arm: str, method: str, model: Path) -> float:
+    def score(arm: str, method: str, model: Path, distance: str = "mse") -> float:
         start = time.perf_counter()
         a, b = (open_source(scene.l2a, date_range=r) for r in years)
-        summary = change_detect(a, b, model=model, method=method, out=work / f"{arm}.tif",
+        summary = change_detect(a, b, model=model, method=method, distance=distance, out=work / f"{arm}.tif",
                                 reference=reference, device=device)
         setup[f"{arm}_seconds"] = round(time.perf_counter() - start, 1)
         return round(summary["auc"], 4)
@@ -133,6 +136,8 @@ def one_seed(work: Path, size: int, epochs: int, device: str, seed: int, encodin
                  hparams={**HPARAMS, "positions": ENCODINGS[name]}, device=device, seed=seed, log_every_s=60.0)
         setup[f"pretrain_{name}_seconds"] = round(time.perf_counter() - start, 1)
         auc[f"alise_{name}"] = score(f"alise_{name}", "alise", work / f"alise_{name}")
+        if cosine:
+            auc[f"alise_{name}_cosine"] = score(f"alise_{name}_cosine", "alise", work / f"alise_{name}", "cosine")
     auc["gapfill"] = score("gapfill", "gapfill", work / f"alise_{encodings[0]}")   # the run only fixes the bands
     return auc, setup
 
@@ -217,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rss-dates", type=int, default=24, help="dates per year in the memory pair")
     parser.add_argument("--rss-seconds", type=float, default=0.0,
                         help="stop each memory run before its next block after this many seconds (0: no cap)")
+    parser.add_argument("--cosine", action="store_true",
+                        help="also score each ALISE model with change-detect --distance cosine")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -225,11 +232,12 @@ def main() -> None:
         for seed in args.seeds:
             work = Path(tmp) / f"seed{seed}"
             work.mkdir()
-            per_seed[seed], setups[seed] = one_seed(work, args.size, args.epochs, args.device, seed, args.positions)
+            per_seed[seed], setups[seed] = one_seed(work, args.size, args.epochs, args.device, seed, args.positions,
+                                                     args.cosine)
             print(json.dumps({"seed": seed, "auc": per_seed[seed]}), file=sys.stderr, flush=True)
         arms = list(per_seed[args.seeds[0]])
-        gains = {name: [round(per_seed[s][f"alise_{name}"] - per_seed[s]["gapfill"], 4) for s in args.seeds]
-                 for name in args.positions}
+        gains = {arm[len("alise_"):]: [round(per_seed[s][arm] - per_seed[s]["gapfill"], 4) for s in args.seeds]
+                 for arm in arms if arm.startswith("alise_")}
         report = {"benchmark": "change-detect", "device": args.device, "seeds": args.seeds,
                   "auc": {arm: summarise([per_seed[s][arm] for s in args.seeds]) for arm in arms},
                   "alise_minus_gapfill": {name: summarise(gain) for name, gain in gains.items()},

@@ -16,7 +16,7 @@ _sits_words() {
     case "$1" in
         "sits") words="accuracy change-detect demo embed finetune info models predict-map prepare pretrain probe smooth uncertainty --version --debug --quiet -q --help -h"; subs="accuracy change-detect demo embed finetune info models predict-map prepare pretrain probe smooth uncertainty" ;;
         "sits accuracy") words="--reference -r --out -o --field --classes --per-polygon --per-pixel --block --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits change-detect") words="--out -o --model -m --method --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
+        "sits change-detect") words="--out -o --model -m --method --distance --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --head-lr --class-weights --eval-date-shift --modalities --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;

@@ -30,6 +30,7 @@ complete -c sits -n '__fish_seen_subcommand_from accuracy' -l help -s h -d 'Show
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l out -s o -rF -d 'Change score GeoTIFF to write (float32, NaN = no score).'
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l model -s m -rF -d 'ALISE run (pre-training or fine-tuned); needed by --method alise.'
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l method -rF -d 'alise (default: distance of aligned representations, eq. 12) or gapfill (5-day linear gap filling baseline).'
+complete -c sits -n '__fish_seen_subcommand_from change-detect' -l distance -rF -d 'ALISE change score: mse (default, eq. 12) or cosine (1 - cosine similarity; ignores the offset absolute dates add).'
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l threshold -rF -d 'Also write a binary change map: a score, or otsu.'
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l binary-out -rF -d 'Binary map path (default OUT_binary.tif).'
 complete -c sits -n '__fish_seen_subcommand_from change-detect' -l reference -rF -d '0/1 change raster, or polygons with a 0/1 field: ROC AUC.'

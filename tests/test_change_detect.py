@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from sitscli.core.dates import iso
 from sitscli.core.errors import ConfigError, DataContentError, OutputExistsError
 from sitscli.engine.checkpoint import save_model
-from sitscli.mapping.change import otsu_threshold, patch_origins, ramp
+from sitscli.mapping.change import AlignedEncoder, otsu_threshold, patch_origins, ramp
 from sitscli.mapping.gapfill import annual_grid, linear_gapfill
 from sitscli.models.registry import DataInfo
 from sitscli.workflows.change_detect import change_detect
@@ -193,6 +193,44 @@ def test_alise_change_detect_scores_on_a_grid_and_reads_vector_references(data, 
     assert same["pixels_scored"] == SIZE * SIZE - 16
 
 
+class _ScaledEncoder(torch.nn.Module):
+    """Y = (1 + the series' mean value) times a fixed direction: (B, n_q 2, d_model 3, P, P). Scaling
+    the series changes Y's length, not its direction."""
+    n_q, d_model = 2, 3
+
+    def forward(self, batch):
+        v = batch["values"].float().mean(dim=(1, 2))                              # (B, P, P)
+        direction = torch.arange(1.0, 7.0).view(1, 2, 3, 1, 1)
+        return direction * (1 + v[:, None, None])                                 # (B, 2, 3, P, P)
+
+
+def test_cosine_distance_scores_direction_and_mse_is_eq_12():
+    encoder = AlignedEncoder(_ScaledEncoder(), torch.device("cpu"))
+    values = np.ones((1, 3, 4, 2, 2), np.float32)                                 # (n, T, C, P, P)
+    valid = np.ones((1, 3, 2, 2), bool)
+    dates = np.arange(3)
+    pairs = [(values, valid), (3 * values, valid)]                                # B: Y twice as long, same direction
+    mse = encoder.distance_fn(dates, dates, "mse")(pairs)
+    cosine = encoder.distance_fn(dates, dates, "cosine")(pairs)
+    assert mse.shape == cosine.shape == (1, 1, 2, 2)
+    np.testing.assert_allclose(mse, np.mean(np.arange(1.0, 7.0) ** 2 * 4), rtol=1e-6)   # ((2 - 4) d)^2 averaged
+    np.testing.assert_allclose(cosine, 0.0, atol=1e-6)
+
+
+def test_alise_cosine_change_detect_is_zero_without_change(data, alise_run, tmp_path):
+    summary = change_detect(data["year0"], data["year0"], model=alise_run, out=tmp_path / "same.tif", patch=32,
+                            overlap=8, distance="cosine")
+    with rasterio.open(tmp_path / "same.tif") as ds:
+        assert ds.tags()["SITS_DISTANCE"] == "cosine"
+        np.testing.assert_allclose(np.nan_to_num(ds.read(1)), 0.0, atol=1e-5)
+    assert summary["distance"] == "cosine"
+    changed = change_detect(data["year0"], data["year1"], model=alise_run, out=tmp_path / "changed.tif", patch=32,
+                            overlap=8, distance="cosine")
+    with rasterio.open(tmp_path / "changed.tif") as ds:
+        score = ds.read(1)
+    assert changed["pixels_scored"] > 0 and np.nanmax(score) > 1e-4 and np.nanmax(score) <= 2.0
+
+
 def test_b_on_another_grid_is_resampled_onto_a(data, tmp_path, capsys):
     values, dates = series(1)
     padded = np.full((len(dates), 4, SIZE + 4, SIZE + 4), 0.3, np.float32)
@@ -242,6 +280,10 @@ def test_bad_inputs_are_one_clear_error(data, alise_run, tmp_path):
         embed(a, model=alise_run, out=tmp_path / "x.tif", block=100)
     with pytest.raises(ConfigError, match="needs --model"):
         change_detect(a, b, out=tmp_path / "x.tif")
+    with pytest.raises(ConfigError, match="--distance 'l1'"):
+        change_detect(a, b, model=alise_run, out=tmp_path / "x.tif", distance="l1")
+    with pytest.raises(ConfigError, match="with --method alise"):
+        change_detect(a, b, out=tmp_path / "x.tif", method="gapfill", distance="cosine")
     with pytest.raises(ConfigError, match="otsu"):
         change_detect(a, b, out=tmp_path / "x.tif", method="gapfill", threshold="high")
     (tmp_path / "exists.tif").write_bytes(b"")

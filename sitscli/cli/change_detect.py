@@ -24,6 +24,8 @@ def change_detect_command(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="ALISE run (pre-training or fine-tuned); needed by --method alise."),
     method: Optional[str] = typer.Option(None, "--method", help="alise (default: distance of aligned representations, eq. 12) "
                                          "or gapfill (5-day linear gap filling baseline)."),
+    distance: Optional[str] = typer.Option(None, "--distance", help="ALISE change score: mse (default, eq. 12) or cosine "
+                                           "(1 - cosine similarity; ignores the offset absolute dates add)."),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write a binary change map: a score, or otsu."),
     binary_out: Optional[Path] = typer.Option(None, "--binary-out", help="Binary map path (default OUT_binary.tif)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="0/1 change raster, or polygons with a 0/1 field: ROC AUC."),
@@ -48,7 +50,7 @@ def change_detect_command(
     require_input(a, "series A")
     require_input(b, "series B")
     flags = {
-        "model": model, "method": method, "threshold": threshold, "binary_out": binary_out, "reference": reference,
+        "model": model, "method": method, "distance": distance, "threshold": threshold, "binary_out": binary_out, "reference": reference,
         "reference_field": reference_field, "roc_out": roc_out, "patch": patch, "overlap": overlap, "block": block,
         "batch_size": batch_size, "device": device, "cog": cog, "overwrite": overwrite,
         "date_range_a": parse_date_range(dates_a), "date_range_b": parse_date_range(dates_b),

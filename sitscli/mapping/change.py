@@ -27,6 +27,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import torch
+import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject, transform_bounds
@@ -208,12 +209,17 @@ class AlignedEncoder:
                 parts.append(self.encoder(batch).float())
         return torch.cat(parts)
 
-    def distance_fn(self, dates_a: np.ndarray, dates_b: np.ndarray) -> PatchFn:
-        """eq. 12 per patch pixel: mean over queries and channels of (Y_A - Y_B)^2 -> (n, 1, P, P)."""
+    def distance_fn(self, dates_a: np.ndarray, dates_b: np.ndarray, distance: str = "mse") -> PatchFn:
+        """Per patch pixel -> (n, 1, P, P): "mse" = eq. 12, the mean over queries and channels of
+        (Y_A - Y_B)^2; "cosine" = 1 - cos(Y_A, Y_B) over the flattened n_q x d_model vectors."""
         def fn(pairs):
             (va, ma), (vb, mb) = pairs
-            ya, yb = self.encode(va, ma, dates_a), self.encode(vb, mb, dates_b)
-            return ((ya - yb) ** 2).mean(dim=(1, 2)).unsqueeze(1).cpu().numpy()
+            ya, yb = self.encode(va, ma, dates_a), self.encode(vb, mb, dates_b)   # (n, n_q, d_model, P, P)
+            if distance == "cosine":
+                score = 1 - F.cosine_similarity(ya.flatten(1, 2), yb.flatten(1, 2), dim=1)   # (n, P, P)
+            else:
+                score = ((ya - yb) ** 2).mean(dim=(1, 2))                                     # (n, P, P)
+            return score.unsqueeze(1).cpu().numpy()
         return fn
 
     def embedding_fn(self, dates: np.ndarray) -> PatchFn:
@@ -224,9 +230,12 @@ class AlignedEncoder:
         return fn
 
 
-def alise_distance(window: Window, a: Cube, b: Cube, encoder: AlignedEncoder, *, patch: int, overlap: int) -> np.ndarray:
-    """(1, h, w) float32 eq. 12 distance over a block, NaN where a series has < MIN_VALID_DATES dates."""
-    distance, counts = blend_block(window, [a, b], encoder.distance_fn(a.dates, b.dates), 1, patch=patch, overlap=overlap)
+def alise_distance(window: Window, a: Cube, b: Cube, encoder: AlignedEncoder, *, patch: int, overlap: int,
+                   distance: str = "mse") -> np.ndarray:
+    """(1, h, w) float32 distance ("mse": eq. 12, or "cosine") over a block, NaN where a series has
+    < MIN_VALID_DATES dates."""
+    distance, counts = blend_block(window, [a, b], encoder.distance_fn(a.dates, b.dates, distance), 1, patch=patch,
+                                   overlap=overlap)
     return _nodata_where_short(distance, counts)
 
 

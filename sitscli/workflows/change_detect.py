@@ -32,7 +32,10 @@ from sitscli.mapping.geotiff import RasterSpec
 from sitscli.workflows.embed import check_patching, date_span, load_aligned, open_series, provenance, warn_patch_size
 
 METHODS = ("alise", "gapfill")
-DEFAULTS = {"model": None, "method": "alise", "threshold": None, "binary_out": None, "reference": None,
+# "mse" is the paper's eq. 12. "cosine" ignores the offset the date encoding adds to every pixel's Y
+# (most of eq. 12's score with absolute dates, bench/change_detect.py) and scores the direction only.
+DISTANCES = ("mse", "cosine")
+DEFAULTS = {"model": None, "method": "alise", "distance": "mse", "threshold": None, "binary_out": None, "reference": None,
             "reference_field": "change", "roc_out": None, "patch": 64, "overlap": 16, "block": 256,
             "batch_size": 8, "device": "auto", "bands": None, "date_range_a": None, "date_range_b": None,
             "cog": True, "overwrite": False}
@@ -42,7 +45,7 @@ OTSU_MAJORITY = 0.5
 
 
 def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path, model: str | Path | None = None,
-                  method: str = "alise", threshold: float | str | None = None, binary_out: str | Path | None = None,
+                  method: str = "alise", distance: str = "mse", threshold: float | str | None = None, binary_out: str | Path | None = None,
                   reference: str | Path | None = None, reference_field: str = "change", roc_out: str | Path | None = None,
                   patch: int = 64, overlap: int = 16, block: int = 256, batch_size: int = 8, device: str = "auto",
                   bands: list[str] | None = None, date_range_a: tuple[int, int] | None = None,
@@ -52,6 +55,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
     Args:
         model: an ALISE run (pre-training or fine-tuned); required by method "alise". With "gapfill"
             it only fixes the bands.
+        distance: ALISE's change score: "mse" (eq. 12) or "cosine" (1 - cosine similarity of the two Y).
         threshold: None, a score, or "otsu": also write the binary map `binary_out` (default
             OUT_binary.tif; uint8 1 change, 0 none, 255 nodata).
         reference: a raster of 0/1 change on any grid, or polygons with a 0/1 `reference_field`:
@@ -67,6 +71,10 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
     """
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if distance not in DISTANCES:
+        raise ConfigError(f"--distance {distance!r}: choose one of {', '.join(DISTANCES)}")
+    if distance != "mse" and method != "alise":
+        raise ConfigError(f"--distance {distance} scores ALISE representations: use it with --method alise")
     check_patching(patch, overlap, block)
     threshold = _parse_threshold(threshold)
     if binary_out is not None and threshold is None:
@@ -90,12 +98,14 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
     truth = Reference(Path(reference), cube_a.grid, reference_field) if reference is not None else None
     log(f"change-detect ({method}): A {date_span(cube_a)}, B {date_span(cube_b)}, "
         f"{cube_a.grid.width} x {cube_a.grid.height} px")
-    tags = provenance(card, {"SITS_METHOD": method, "SITS_DATES_A": date_span(cube_a), "SITS_DATES_B": date_span(cube_b)})
+    tags = provenance(card, {"SITS_METHOD": method, "SITS_DISTANCE": distance, "SITS_DATES_A": date_span(cube_a),
+                             "SITS_DATES_B": date_span(cube_b)})
 
     if method == "alise":
         def compute(window):
-            return alise_distance(window, cube_a, cube_b, encoder, patch=patch, overlap=overlap)
-        description = "change score: mean squared difference of the aligned representations (eq. 12)"
+            return alise_distance(window, cube_a, cube_b, encoder, patch=patch, overlap=overlap, distance=distance)
+        description = ("change score: mean squared difference of the aligned representations (eq. 12)" if distance == "mse"
+                       else "change score: 1 - cosine similarity of the aligned representations")
     else:
         anchor = int(day_of_year(cube_a.dates[:1])[0]) - 1
 
@@ -105,7 +115,7 @@ def change_detect(a: str | Path | Cube, b: str | Path | Cube, *, out: str | Path
     spec = RasterSpec(count=1, dtype="float32", nodata=float("nan"), descriptions=[description], tags=tags)
     scored = write_blocks(cube_a.grid, outputs["score"], spec, compute, block=block, overwrite=overwrite,
                           label="change-detect", cog=cog)
-    summary = {"method": method, "pixels": cube_a.grid.height * cube_a.grid.width, "pixels_scored": scored,
+    summary = {"method": method, "distance": distance, "pixels": cube_a.grid.height * cube_a.grid.width, "pixels_scored": scored,
                "dates_a": len(cube_a.dates), "dates_b": len(cube_b.dates), "threshold": None,
                "changed_fraction": None, "auc": None}
     if threshold is not None:
