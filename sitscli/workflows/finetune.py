@@ -400,7 +400,7 @@ def _fit_inducing_points(hparams: dict[str, Any], spec: ModelSpec, num_train: in
     """An SVGP's default number of inducing points (the mTAN-SVGP paper's M = 200) capped at the
     training set's size: more inducing points than samples has nothing to summarise. A value the user
     (or a pre-trained card) gave is kept, and refused later if too large."""
-    default = spec.defaults.get("inducing") if isinstance(spec.defaults, dict) else None
+    default = spec.defaults.get("inducing")
     if default is None or "inducing" in hparams or num_train >= default:
         return hparams
     log(f"{spec.name}: {num_train} inducing points (the default {default} is more than the {num_train} training samples)")
@@ -412,9 +412,9 @@ def _prepare_mode(classifier: nn.Module, options: Mapping[str, Any]) -> tuple[nn
     the encoder's part at `lr` (None), the head at `head_lr`."""
     mode, head_lr = options["mode"], options["head_lr"]
     head = [p for name, p in classifier.named_parameters() if not name.startswith("encoder.")]
-    if mode == "full" and head_lr is None:
-        return classifier, [(list(classifier.parameters()), None)]
     if mode == "full":
+        if head_lr is None:
+            return classifier, [(list(classifier.parameters()), None)]
         encoder = [p for name, p in classifier.named_parameters() if name.startswith("encoder.")]
         return classifier, [(encoder, None), (head, head_lr)]
     if mode == "frozen":
