@@ -270,6 +270,66 @@ def test_embed_writes_aligned_bands_on_the_input_grid(data, alise_run, tmp_path)
     np.testing.assert_allclose(ds["embedding"].values, emb, atol=1e-6, equal_nan=True)
 
 
+def write_scl_stack(path: Path, values: np.ndarray, dates: np.ndarray, cloudy: np.ndarray) -> Path:
+    """uint16 stack with an SCL layer after each date's bands: 9 (cloud, high probability) where `cloudy`,
+    4 (vegetation) elsewhere; the reflectance under clouds is stored as it is."""
+    t, c, h, w = values.shape
+    scl = np.where(cloudy, 9, 4)[:, None]                                           # (T, 1, H, W)
+    layers = np.concatenate((np.rint(values * 10000), scl), 1).astype(np.uint16)  # (T, C + 1, H, W)
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=t * (c + 1), dtype="uint16",
+                       crs=CRS_UTM, transform=TRANSFORM) as ds:
+        ds.write(layers.reshape(-1, h, w))
+        ds.descriptions = tuple(f"{iso(d)} {b}" for d in dates for b in [*BANDS, "SCL"])
+    return path
+
+
+def test_a_model_trained_on_kept_clouds_is_fed_raw_cloudy_values_at_inference(data, tmp_path):
+    """A run pre-trained on a --keep-cloudy dataset records it, and `embed` reads its input the same way:
+    the reflectance under a fully clouded date changes the embedding (it reaches the encoder, as in
+    training). A run trained on zeros under clouds leaves that date out, whatever lies under the cloud."""
+    from sitscli.data.readers import open_source
+    from sitscli.data.recipes.s2 import prepare_cube
+    from sitscli.engine.checkpoint import read_card
+    from sitscli.workflows.pretrain import pretrain
+
+    values, dates = series(0, corner_short=False)
+    values = np.nan_to_num(values, nan=0.3)
+    cloudy = np.zeros((len(dates), SIZE, SIZE), bool)
+    cloudy[5] = True                                                   # date 5 fully clouded
+    dark, bright = values.copy(), values.copy()
+    dark[5], bright[5] = 0.05, 0.6                                     # what lies under the cloud
+    sources = {v: write_scl_stack(tmp_path / f"{v}.tif", x, dates, cloudy) for v, x in (("dark", dark), ("bright", bright))}
+    runs = {}
+    for kept in (True, False):
+        prepared = prepare_cube(open_source(sources["dark"], keep_cloudy=kept), tmp_path / f"{kept}.sits",
+                                labels=data["parcels"], class_field="crop", patch_size=16, fractions=(0.6, 0.2, 0.2),
+                                keep_cloudy=kept)
+        runs[kept] = tmp_path / f"run_{kept}"
+        torch.manual_seed(0)
+        pretrain(out=runs[kept], data=prepared, model="alise", hparams=TINY, pretext={"run_length": 12, "crop": 16},
+                 epochs=1, batch_size=4, device="cpu", lr=1e-3, log_every_s=1e9)
+        assert read_card(runs[kept]).info.keep_cloudy is kept
+    for kept, differs in ((True, True), (False, False)):
+        embeddings = []
+        for v in ("dark", "bright"):
+            embed(sources[v], model=runs[kept], out=tmp_path / f"{kept}_{v}.tif", patch=16, overlap=0, block=16)
+            with rasterio.open(tmp_path / f"{kept}_{v}.tif") as ds:
+                embeddings.append(ds.read())
+        assert (not np.allclose(*embeddings, atol=1e-4)) is differs
+    # predict-map opens its inputs the same way (an ALISE classifier fine-tuned on kept clouds)
+    from sitscli.workflows.predict_map import _open
+
+    for kept in (True, False):
+        cube = _open(sources["dark"], read_card(runs[kept]), bands=None, aoi=None, date_range=None, dates_file=None)
+        assert cube.keep_cloudy is kept
+    # an input without cloud information cannot be read as the kept-cloudy model was trained: said so
+    plain = write_stack(tmp_path / "plain.tif", dark, dates)
+    with pytest.raises(ConfigError, match=r"run_True, trained on values kept under clouds \(prepare --keep-cloudy\), "
+                                          "needs cloud information"):
+        embed(plain, model=runs[True], out=tmp_path / "plain_emb.tif", patch=16, overlap=0, block=16)
+    assert not (tmp_path / "plain_emb.tif").exists()
+
+
 # ------------------------------------------------------------------------------- bad input
 
 def test_bad_inputs_are_one_clear_error(data, alise_run, tmp_path):

@@ -518,7 +518,8 @@ class Prepared:
                   for name, m in self.others.items()}
         return DataInfo(band_names=self.band_names, band_mean=list(a["band_mean"]), band_std=list(a["band_std"]),
                         class_names=self.class_names, class_colors=self.class_colors, reference_date=a.get("date_min"),
-                        class_codes=self.class_codes, train_period=period, modalities=others)
+                        class_codes=self.class_codes, train_period=period, modalities=others,
+                        keep_cloudy=self.keep_cloudy)
 
     def summary(self) -> dict:
         """What `sits info` prints: sizes, dates, classes per split, band statistics."""

@@ -99,6 +99,7 @@ class _Data(BaseModel):
     class_codes: list[int] = []
     train_period: list[int] = []
     modalities: dict[str, dict[str, Any]] = {}
+    keep_cloudy: bool = False
 
     @model_validator(mode="after")
     def _one_value_per_name(self) -> "_Data":
@@ -204,6 +205,16 @@ def check_bands(card: ModelCard, band_names: list[str]) -> None:
     raise CheckpointError(
         f"the data's bands are in another order than model {card.run_dir} expects: "
         f"{', '.join(band_names)} vs {', '.join(expected)}; prepare the data with --bands {','.join(expected)}")
+
+
+def input_options(card: ModelCard) -> dict:
+    """`open_source` options that read a model's input as its training data was read: with the values
+    under clouds kept when it was trained on such data (a one-line error names the model when the
+    input has no cloud information)."""
+    if not card.info.keep_cloudy:
+        return {}
+    return {"keep_cloudy": True, "keep_cloudy_for": f"model {card.run_dir}, trained on values kept under clouds "
+                                                    "(prepare --keep-cloudy),"}
 
 
 def check_modalities(card: ModelCard, offered: Sequence[str]) -> None:

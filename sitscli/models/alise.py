@@ -37,7 +37,8 @@ Resolved ambiguities (each a choice, written down):
 - Clouds: with a dataset prepared with `--keep-cloudy` (batches carry `cloud`), every acquisition
   is attended with its raw reflectance, fully clouded dates included, as the paper feeds them
   (Section III: the mask enters only the reconstruction loss). Without it the store holds 0 under
-  clouds, and a date with no valid pixel carries nothing: it is left out as above.
+  clouds, and a date with no valid pixel carries nothing: it is left out as above. The run's card
+  records `keep_cloudy`, so `embed`, `change-detect` and `predict-map` read their inputs the same way.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class AliseEncoder(nn.Module):
         super().__init__()
         self.d_model, self.n_q = h["d_model"], h["n_q"]
         self.reference_date = int(info.reference_date or 0)
+        self.keep_cloudy = info.keep_cloudy       # fed raw values under clouds: attend every acquisition
         self.positions, self.season_start = h["positions"], h["season_start"]
         self.norm = BandNorm(info.band_mean, info.band_std, channel_dim=-3)
         self.unet = SpatialUNet(info.num_bands, h["d_model"], h["unet_widths"])
@@ -178,7 +180,7 @@ class AliseEncoder(nn.Module):
         if height % DOWNSAMPLING or width % DOWNSAMPLING:
             raise ConfigError(f"ALISE takes patches whose sides are multiples of {DOWNSAMPLING} (three 2x downsamplings); "
                               f"got {height} x {width}: choose a patch size such as 32 or 64")
-        present = attended_dates(batch)                                   # (B, T)
+        present = attended_dates(batch, self.keep_cloudy)                 # (B, T)
         features = values.new_zeros(b, t, self.d_model, height, width)
         features[present] = self.unet(self.norm(values[present]))         # (n, D, H, W) for the n present dates
         features = features + self.encode_dates(dates)[..., None, None]   # (B, T, D, H, W)
@@ -193,15 +195,16 @@ class AliseEncoder(nn.Module):
         return self(batch).flatten(1, 2)
 
 
-def attended_dates(batch: dict[str, Tensor]) -> Tensor:
+def attended_dates(batch: dict[str, Tensor], keep_cloudy: bool = False) -> Tensor:
     """-> (B, T) the dates the encoder sees: valid (B, T, H, W), dates (B, T), optional cloud.
 
-    Every acquisition (not the batch padding) when the batch keeps cloudy values (`cloud` present),
+    Every acquisition (not the batch padding) when the values under clouds are kept (the batch carries
+    `cloud`, or the model was trained on such data and its inputs are read that way: `keep_cloudy`),
     else the dates with at least one valid pixel; a series with none keeps all its dates (its values
     are all 0) so that attention stays defined.
     """
     present = batch["valid"].flatten(2).any(-1)
-    if "cloud" in batch:
+    if keep_cloudy or "cloud" in batch:
         present = real_observations(batch["dates"], present)
     return present | ~present.any(1, keepdim=True)
 

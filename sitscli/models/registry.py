@@ -39,6 +39,9 @@ class DataInfo:
     # other sensors than Sentinel-2: name -> band_names, band_mean, band_std (in the sensor's unit),
     # resolution (m), footprint (per-sample block shape), unit; see sitscli.data.modalities
     modalities: dict[str, dict] = field(default_factory=dict)
+    # the training data kept Sentinel-2 values under clouds (`prepare --keep-cloudy`): inputs at
+    # inference must be read the same way (raw reflectance under clouds, not 0)
+    keep_cloudy: bool = False
 
     @property
     def num_bands(self) -> int:

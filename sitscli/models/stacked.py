@@ -68,7 +68,8 @@ def stacked_spec(name: str) -> ModelSpec:
 
     def build(hparams: dict[str, Any], info: DataInfo) -> nn.Module:
         unclassed = DataInfo(list(info.band_names), list(info.band_mean), list(info.band_std),
-                             reference_date=info.reference_date, modalities=dict(info.modalities))
+                             reference_date=info.reference_date, modalities=dict(info.modalities),
+                             keep_cloudy=info.keep_cloudy)
         encoder = getattr(encoder_spec.build(dict(hparams.get("encoder") or {}), unclassed), "encoder", None)
         if not hasattr(encoder, "represent_series"):
             raise ConfigError(f"model {encoder_name} gives no per-date representation to feed {base_name}: fine-tune it "

@@ -17,7 +17,7 @@ from sitscli.core.errors import ConfigError, DataContentError
 from sitscli.core.io import check_output, require_input
 from sitscli.core.progress import log
 from sitscli.data.cube import Cube
-from sitscli.engine.checkpoint import ModelCard, check_bands, load_model, read_card
+from sitscli.engine.checkpoint import ModelCard, check_bands, input_options, load_model, read_card
 from sitscli.engine.device import resolve_device
 from sitscli.mapping.change import MIN_VALID_DATES, AlignedEncoder, alise_embedding, check_multiple, write_blocks, write_zarr
 from sitscli.mapping.geotiff import RasterSpec
@@ -110,7 +110,8 @@ def open_series(source: str | Path | Cube, band_names: list[str] | None, *, band
     else:
         from sitscli.data.readers import open_source
 
-        cube = open_source(require_input(source, what), bands=bands or band_names, date_range=date_range)
+        cube = open_source(require_input(source, what), bands=bands or band_names, date_range=date_range,
+                           **(input_options(card) if card is not None else {}))
     if band_names is not None and list(cube.band_names) != list(band_names):
         lacking = [b for b in band_names if b not in cube.band_names]
         if lacking and card is not None:

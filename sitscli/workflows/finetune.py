@@ -351,14 +351,16 @@ def _check_labelled(prepared: Prepared) -> None:
 def _classifier_info(prepared: Prepared, from_card: ModelCard | None, fed: tuple[str, ...]) -> DataInfo:
     """The dataset's classes; band statistics and reference date from the pre-trained run if any
     (its encoder was trained with them, and they are part of its weights). Other sensors: those
-    fed, and all those of the pre-trained run (its encoder holds weights for each)."""
+    fed, and all those of the pre-trained run (its encoder holds weights for each). Clouds kept or
+    not: as in the fine-tuning data, which the final weights were fitted to and inputs must match."""
     data = prepared.info()
     base = from_card.info if from_card is not None else data
     fed_attrs = {m: a for m, a in data.modalities.items() if m in fed}
     return DataInfo(list(base.band_names), list(base.band_mean), list(base.band_std), class_names=data.class_names,
                     class_colors=data.class_colors, reference_date=base.reference_date, class_codes=data.class_codes,
                     train_period=data.train_period,
-                    modalities={**fed_attrs, **(base.modalities if from_card is not None else {})})
+                    modalities={**fed_attrs, **(base.modalities if from_card is not None else {})},
+                    keep_cloudy=data.keep_cloudy)
 
 
 def _fed(prepared: Prepared, spec: ModelSpec, chosen, from_card: ModelCard | None) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from sitscli.core.legend import apply_color_file, default_colors, pixel_values
 from sitscli.core.progress import log
 from sitscli.data.readers.common import normalise_tile
 from sitscli.data.cube import Cube
-from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, load_model
+from sitscli.engine.checkpoint import ModelCard, check_bands, check_modalities, input_options, load_model
 from sitscli.engine.device import resolve_device
 from sitscli.engine.distributed import DistContext, gather, process_group
 from sitscli.data.readers import streaming_env
@@ -288,7 +288,7 @@ def _open(source, card: ModelCard, *, bands, aoi, date_range, dates_file, tile=N
         # names the bands of a stack that does not name them itself (a subset is taken below).
         cube = open_source(require_input(source, "input"), bands=bands or list(card.info.band_names), aoi=aoi,
                            date_range=date_range, dates_file=Path(dates_file) if dates_file else None, tile=tile,
-                           max_cloud=max_cloud)
+                           max_cloud=max_cloud, **input_options(card))
     if list(cube.band_names) != list(card.info.band_names):
         lacking = [b for b in card.info.band_names if b not in cube.band_names]
         if lacking:

@@ -262,7 +262,8 @@ def pretrain(*, out: str | Path | None = None, config_file: str | Path | None = 
     fed = fed_modalities(prepared, spec, options["modalities"])
     full = prepared.info()
     info = DataInfo(full.band_names, full.band_mean, full.band_std, reference_date=full.reference_date,
-                    modalities={m: a for m, a in full.modalities.items() if m in fed})  # no classes
+                    modalities={m: a for m, a in full.modalities.items() if m in fed},  # no classes
+                    keep_cloudy=full.keep_cloudy)
     cfg = train_config(options)
     task = make_pretext(spec.pretext, **options["pretext"])
     if hasattr(task, "check_data"):       # a pretext that needs more than the series (another sensor...)

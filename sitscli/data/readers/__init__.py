@@ -96,7 +96,8 @@ def detect_layout(path: Path | str) -> str:
 def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_range: tuple[int, int] | None = None,
                 dates_file: Path | None = None, mask: str | None = None, valid_scl: Sequence[int] = DEFAULT_VALID_SCL,
                 tile: str | None = None, theia_product: str = "FRE", resampling: str = "nearest",
-                max_open: int = 128, keep_cloudy: bool = False, max_cloud: float | None = None) -> Cube:
+                max_open: int = 128, keep_cloudy: bool = False, max_cloud: float | None = None,
+                keep_cloudy_for: str = "--keep-cloudy") -> Cube:
     """Open a Sentinel-2 L2A folder or stack as a lazily read cube on its 10 m grid.
 
     Args:
@@ -117,6 +118,7 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
         max_open: most files held open at once.
         keep_cloudy: `read` returns the reflectance under clouds too (`valid` stays False there, only
             no-data stays 0), for models that learn from cloudy observations; needs cloud information.
+        keep_cloudy_for: who asks for keep_cloudy, named in the error when the source has no cloud information.
         max_cloud: STAC sources: keep the items whose `eo:cloud_cover` is at most this percentage.
     Returns:
         a `Cube` whose dates are unique: acquisitions of one day are merged, first clear one first.
@@ -158,7 +160,7 @@ def open_source(path, *, bands: Sequence[str] | None = None, aoi=None, date_rang
         cube = AcquisitionCube(acquisitions, names, layout=layout, source=path, resampling=resample, max_open=max_open,
                                keep_cloudy=keep_cloudy)
     if keep_cloudy:
-        cube.require_clouds("--keep-cloudy needs")
+        cube.require_clouds(f"{keep_cloudy_for} needs")
     if aoi is not None:
         cube.grid = _crop(cube.grid, _aoi_bounds(aoi, cube.grid), path)
     check_not_empty(cube)
