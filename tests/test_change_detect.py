@@ -183,6 +183,7 @@ def test_alise_change_detect_scores_on_a_grid_and_reads_vector_references(data, 
                             reference=data["parcels"], reference_field="changed", patch=32, overlap=8, block=24)
     with rasterio.open(tmp_path / "alise.tif") as ds:
         assert ds.crs == CRS_UTM and ds.transform == TRANSFORM and ds.tags()["SITS_METHOD"] == "alise"
+        assert ds.tags()["SITS_DISTANCE"] == "cosine" == summary["distance"]    # ALISE's default score
         score = ds.read(1)
     assert np.isnan(score[:4, :4]).all() and np.isfinite(score[4:, 4:]).all() and (score[4:, 4:] >= 0).all()
     assert summary["reference_pixels"] == SIZE * SIZE - 16
@@ -217,13 +218,13 @@ def test_cosine_distance_scores_direction_and_mse_is_eq_12():
     np.testing.assert_allclose(cosine, 0.0, atol=1e-6)
 
 
-def test_alise_cosine_change_detect_is_zero_without_change(data, alise_run, tmp_path):
-    summary = change_detect(data["year0"], data["year0"], model=alise_run, out=tmp_path / "same.tif", patch=32,
-                            overlap=8, distance="cosine")
-    with rasterio.open(tmp_path / "same.tif") as ds:
-        assert ds.tags()["SITS_DISTANCE"] == "cosine"
-        np.testing.assert_allclose(np.nan_to_num(ds.read(1)), 0.0, atol=1e-5)
-    assert summary["distance"] == "cosine"
+def test_alise_scores_are_zero_without_change_for_both_distances(data, alise_run, tmp_path):
+    for distance in ("cosine", "mse"):
+        summary = change_detect(data["year0"], data["year0"], model=alise_run, out=tmp_path / f"same_{distance}.tif",
+                                patch=32, overlap=8, distance=distance)
+        with rasterio.open(tmp_path / f"same_{distance}.tif") as ds:
+            assert ds.tags()["SITS_DISTANCE"] == distance == summary["distance"]
+            np.testing.assert_allclose(np.nan_to_num(ds.read(1)), 0.0, atol=1e-5)
     changed = change_detect(data["year0"], data["year1"], model=alise_run, out=tmp_path / "changed.tif", patch=32,
                             overlap=8, distance="cosine")
     with rasterio.open(tmp_path / "changed.tif") as ds:

@@ -22,10 +22,10 @@ def change_detect_command(
     b: str = typer.Argument(..., help="Series B (e.g. year 2), same area; resampled onto A's grid when on another."),
     out: Path = typer.Option(..., "--out", "-o", help="Change score GeoTIFF to write (float32, NaN = no score)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="ALISE run (pre-training or fine-tuned); needed by --method alise."),
-    method: Optional[str] = typer.Option(None, "--method", help="alise (default: distance of aligned representations, eq. 12) "
+    method: Optional[str] = typer.Option(None, "--method", help="alise (default: distance of aligned representations) "
                                          "or gapfill (5-day linear gap filling baseline)."),
-    distance: Optional[str] = typer.Option(None, "--distance", help="ALISE change score: mse (default, eq. 12) or cosine "
-                                           "(1 - cosine similarity; ignores the offset absolute dates add)."),
+    distance: Optional[str] = typer.Option(None, "--distance", help="ALISE change score: cosine (default: 1 - cosine similarity; "
+                                           "ignores the offset absolute dates add) or mse (the paper's eq. 12)."),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write a binary change map: a score, or otsu."),
     binary_out: Optional[Path] = typer.Option(None, "--binary-out", help="Binary map path (default OUT_binary.tif)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="0/1 change raster, or polygons with a 0/1 field: ROC AUC."),
