@@ -181,3 +181,14 @@ def test_min_total_steps_run_is_the_longer_run_and_resumes_exactly(tiny_data, re
     assert second.fit.planned_epochs == EPOCHS and len(second.fit.history) == EPOCHS
     assert json.loads((run / "history.json").read_text())["planned_epochs"] == EPOCHS
     _assert_same_weights(run, reference)
+
+
+def test_epochs_asked_for_turn_a_models_min_total_steps_off():
+    from sitscli.workflows.finetune import FinetuneOptions
+    from sitscli.workflows.pretrain import resolve_run_options
+    recipe = lambda _: {"epochs": 100, "min_total_steps": 3200}
+    resolve = lambda **flags: resolve_run_options(FinetuneOptions, recipe, {"model": "mtan-svgp", **flags}, None, None)
+    assert resolve()["min_total_steps"] == 3200
+    assert resolve(epochs=None)["min_total_steps"] == 3200                 # None: not given
+    assert resolve(epochs=3)["min_total_steps"] is None
+    assert resolve(epochs=3, min_total_steps=50)["min_total_steps"] == 50
