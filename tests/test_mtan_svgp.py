@@ -271,3 +271,17 @@ def test_indices_are_standardised_on_the_first_training_batch():
     before = features.index_mean.clone()
     features(values * 0.5)                                                  # measured once only
     torch.testing.assert_close(features.index_mean, before)
+
+
+def test_small_training_set_gets_more_epochs_and_learns(tmp_path, toy_pixel_series, monkeypatch):
+    """The recipe (batch 1024 scaled to the floor of 32, lr 1e-3, no early stopping) on 72 training
+    samples, 3 steps an epoch, with a minimum of 450 steps (the recipe's 3,200 takes minutes): the
+    epochs are raised to 150 and the test OA is far above chance (1/3)."""
+    from sitscli.workflows.finetune import finetune
+
+    monkeypatch.setattr("sitscli.engine.trainer.plot_curves", lambda *args, **kwargs: None)
+    data = _write_dataset(tmp_path / "toy.sits", toy_pixel_series)
+    result = finetune(out=tmp_path / "run", data=data, model="mtan-svgp", hparams=TINY_SVGP, device="cpu",
+                      min_total_steps=450, log_every_s=1e9)
+    assert result.fit.planned_epochs == 150 and len(result.fit.history) == 150
+    assert result.report["oa"] >= 0.8
