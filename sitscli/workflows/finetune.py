@@ -4,7 +4,8 @@ Options resolve as: engine `TrainConfig` defaults < FinetuneOptions < the model'
 (`TRAINING["finetune"]` in its module, plus `TRAINING["scratch"]` without `--from` and
 `TRAINING["lora"]` with `--mode lora`) < a protocol's
 settings (`sits probe`) < `--config FILE.yaml` < flags. The resolved options are saved as
-`RUN/config.yaml`.
+`RUN/config.yaml`. `epochs` given (flag or file) turns off a model's `min_total_steps` (the minimum
+of optimizer steps that raises its default epochs on small training sets), unless given too.
 
 With `--from RUN --model BASE` (a base classifier such as lstm, inceptiontime or transformer), BASE is
 trained on the per-date outputs of RUN's encoder: the model `ENCODER+BASE` of `sitscli.models.stacked`,
