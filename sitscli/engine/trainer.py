@@ -91,7 +91,7 @@ class TrainConfig:
     plateau_patience: NonNegative = 3
     grad_clip: Rate | None = 1.0        # max global L2 norm of the gradients (None = off)
     patience: Positive | None = 10      # early stopping on `monitor` (None = off)
-    monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...
+    monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...; epoch (max) keeps the last
     monitor_mode: Literal["min", "max"] = "min"
     device: str = "auto"
     amp: bool = True                    # bf16 autocast, on CUDA only

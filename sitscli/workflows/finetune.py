@@ -236,7 +236,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
         write_report(run_dir, report, info.class_names)
         extra = {"mode": options["mode"], "from_run": str(from_card.run_dir) if from_card else None, "modalities": list(fed),
                  "patch_size": prepared.patch_size,
-                 "best_epoch": result.best_epoch, "planned_epochs": result.planned_epochs, f"best_{cfg.monitor}": result.best_metric,
+                 f"best_{cfg.monitor}": result.best_metric, "best_epoch": result.best_epoch,   # monitor epoch: an int
+                 "planned_epochs": result.planned_epochs,
                  f"{report['split']}_oa": report["oa"]}
         if options["mode"] == "lora":
             extra["lora"] = {k: options[f"lora_{k}"] for k in ("rank", "alpha", "dropout", "targets")} | {"merged": True}
