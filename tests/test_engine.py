@@ -192,3 +192,13 @@ def test_epochs_asked_for_turn_a_models_min_total_steps_off():
     assert resolve(epochs=None)["min_total_steps"] == 3200                 # None: not given
     assert resolve(epochs=3)["min_total_steps"] is None
     assert resolve(epochs=3, min_total_steps=50)["min_total_steps"] == 50
+
+
+def test_monitor_epoch_keeps_the_last_epoch(tiny_data, tmp_path):
+    """monitor `epoch` (max): the saved weights are the last epoch's (those of the resume state)."""
+    from sitscli.engine.resume import load_state
+    run = tmp_path / "run"
+    result = _train_script.train(tiny_data, run, epochs=3, resume=False, monitor="epoch", monitor_mode="max")
+    assert result.fit.best_epoch == 3 == len(result.fit.history)
+    last, _, _, _ = load_state(run / RESUME_DIR)
+    _assert_same_weights(run, {k: v for k, v in last.items() if k in load_file(str(run / WEIGHTS))})
