@@ -1,7 +1,7 @@
 """Every classifier trained from scratch through `sits finetune` on one prepared dataset.
 
     python bench/compare.py DATA [--models a,b,c] [--seeds 0,1,2] [--epochs N] [--batch-size B]
-                                 [--small] [--device auto] [--out DIR]
+                                 [--small] [--device auto] [--threads N] [--out DIR]
 
 For each model and seed, `sitscli.workflows.finetune.finetune` trains the model with its paper
 settings (its module's `TRAINING`, from scratch); `--epochs` and `--batch-size` override those
@@ -183,8 +183,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override every model's batch size")
     parser.add_argument("--small", action="store_true", help="reduced hyper-parameters (SMALL_HPARAMS)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 gives steadier times on a shared machine")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder, removed)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = args.models.split(",") if args.models else default_models()
     data = str(Path(open_prepared(args.data).path).resolve())
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sits_compare_"))

@@ -157,3 +157,48 @@ def test_slurm_examples_parse_and_resume(script):
 def test_the_kept_best_epoch_is_logged(tiny_data, tmp_path, capsys):
     result = _train_script.train(tiny_data, tmp_path / "run", epochs=2, resume=False)
     assert f"kept the weights of the best epoch, {result.fit.best_epoch} of 2 (val_loss " in capsys.readouterr().err
+
+
+def test_min_total_steps_raises_the_epochs_on_small_data_only():
+    from sitscli.engine.trainer import planned_epochs
+    assert planned_epochs(100, 112, 32, 3200) == 800             # 4 steps an epoch -> 800 epochs
+    assert planned_epochs(100, 129, 32, 3200) == 640             # a last partial batch is a step: 5 an epoch
+    assert planned_epochs(100, 92_000, 1024, 3200) == 100        # 90 steps an epoch: the epochs as given
+    assert planned_epochs(100, 112, 32, None) == 100
+
+
+def test_min_total_steps_run_is_the_longer_run_and_resumes_exactly(tiny_data, reference, tmp_path):
+    """1 epoch with at least 15 steps at 5 steps an epoch is planned as the reference's 3 epochs (the
+    same schedule, bitwise the same weights), also when stopped mid-way and resumed; the epochs it
+    planned are in history.json, and a resume with another minimum is refused."""
+    raised = {"epochs": 1, "min_total_steps": EPOCHS * STEPS_PER_EPOCH}
+    run = tmp_path / "run"
+    first = _train_script.train(tiny_data, run, resume=False, sigterm_at_step=STEPS_PER_EPOCH + 3, **raised)
+    assert first.interrupted and first.fit.planned_epochs == EPOCHS
+    with pytest.raises(ConfigError, match="min_total_steps was 15, now 20"):
+        _train_script.train(tiny_data, run, resume=True, epochs=1, min_total_steps=20)
+    second = _train_script.train(tiny_data, run, resume=True, **raised)
+    assert second.fit.planned_epochs == EPOCHS and len(second.fit.history) == EPOCHS
+    assert json.loads((run / "history.json").read_text())["planned_epochs"] == EPOCHS
+    _assert_same_weights(run, reference)
+
+
+def test_epochs_asked_for_turn_a_models_min_total_steps_off():
+    from sitscli.workflows.finetune import FinetuneOptions
+    from sitscli.workflows.pretrain import resolve_run_options
+    recipe = lambda _: {"epochs": 100, "min_total_steps": 3200}
+    resolve = lambda **flags: resolve_run_options(FinetuneOptions, recipe, {"model": "mtan-svgp", **flags}, None, None)
+    assert resolve()["min_total_steps"] == 3200
+    assert resolve(epochs=None)["min_total_steps"] == 3200                 # None: not given
+    assert resolve(epochs=3)["min_total_steps"] is None
+    assert resolve(epochs=3, min_total_steps=50)["min_total_steps"] == 50
+
+
+def test_monitor_epoch_keeps_the_last_epoch(tiny_data, tmp_path):
+    """monitor `epoch` (max): the saved weights are the last epoch's (those of the resume state)."""
+    from sitscli.engine.resume import load_state
+    run = tmp_path / "run"
+    result = _train_script.train(tiny_data, run, epochs=3, resume=False, monitor="epoch", monitor_mode="max")
+    assert result.fit.best_epoch == 3 == len(result.fit.history)
+    last, _, _, _ = load_state(run / RESUME_DIR)
+    _assert_same_weights(run, {k: v for k, v in last.items() if k in load_file(str(run / WEIGHTS))})

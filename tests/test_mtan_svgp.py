@@ -232,6 +232,19 @@ def test_recipe_scales_the_batch_to_the_data_and_keeps_the_papers_on_large_data(
     assert registry.get("mtan-svgp").defaults["heads"] == 1
 
 
+def test_recipe_raises_the_epochs_below_a_thousand_samples_only():
+    """At least 100 x 32 optimizer steps: 800 epochs on Rondonia's 112 training samples (4 steps an
+    epoch at the batch floor), the engine's 100 on the synthetic scene's 1,451 and the paper's 92 k."""
+    from sitscli.engine.trainer import TrainConfig, planned_epochs, scaled_batch_size
+    from sitscli.workflows.pretrain import model_training_defaults
+    recipe = model_training_defaults(registry.get("mtan-svgp"), "finetune")
+    epochs = lambda n: planned_epochs(recipe.get("epochs", TrainConfig().epochs), n,
+                                      scaled_batch_size(recipe["batch_size"], n, recipe["min_steps_per_epoch"]),
+                                      recipe["min_total_steps"])
+    assert (epochs(112), epochs(1_451), epochs(92_000)) == (800, 100, 100)
+    assert model_training_defaults(registry.get("gapfilled-svgp"), "finetune")["min_total_steps"] == 3200
+
+
 def test_comparison_variants_have_their_table_viii_settings():
     from sitscli.workflows.pretrain import model_training_defaults
     get = lambda name: model_training_defaults(registry.get(name), "finetune")
@@ -258,3 +271,17 @@ def test_indices_are_standardised_on_the_first_training_batch():
     before = features.index_mean.clone()
     features(values * 0.5)                                                  # measured once only
     torch.testing.assert_close(features.index_mean, before)
+
+
+def test_small_training_set_gets_more_epochs_and_learns(tmp_path, toy_pixel_series, monkeypatch):
+    """The recipe (batch 1024 scaled to the floor of 32, lr 1e-3, no early stopping) on 72 training
+    samples, 3 steps an epoch, with a minimum of 450 steps (the recipe's 3,200 takes minutes): the
+    epochs are raised to 150 and the test OA is far above chance (1/3)."""
+    from sitscli.workflows.finetune import finetune
+
+    monkeypatch.setattr("sitscli.engine.trainer.plot_curves", lambda *args, **kwargs: None)
+    data = _write_dataset(tmp_path / "toy.sits", toy_pixel_series)
+    result = finetune(out=tmp_path / "run", data=data, model="mtan-svgp", hparams=TINY_SVGP, device="cpu",
+                      min_total_steps=450, log_every_s=1e9)
+    assert result.fit.planned_epochs == 150 and len(result.fit.history) == 150
+    assert result.report["oa"] >= 0.8

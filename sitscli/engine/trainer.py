@@ -52,7 +52,7 @@ from sitscli.engine.signals import StopSignals
 RESUME_DIR = "resume"
 # Options a resumed run must share with the interrupted one to continue it exactly; the others
 # (epochs, patience, device, workers, logging) may change between the two.
-_FIXED_ON_RESUME = ("batch_size", "min_steps_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+_FIXED_ON_RESUME = ("batch_size", "min_steps_per_epoch", "min_total_steps", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
                     "hold_epochs", "decay_gamma", "restart_period", "min_lr", "grad_clip", "monitor", "monitor_mode", "seed",
                     "bucket_by_length")
 
@@ -73,6 +73,9 @@ class TrainConfig:
     # at least this many steps an epoch: the batch shrinks (not below MIN_SCALED_BATCH) on small
     # training sets; None = `batch_size` whatever the data
     min_steps_per_epoch: Positive | None = None
+    # at least this many optimizer steps in all: `epochs` is raised on training sets too small to
+    # make them (`planned_epochs`); None = `epochs` whatever the data
+    min_total_steps: Positive | None = None
     lr: Rate = 1e-4
     weight_decay: NonNegativeFloat = 0.01
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -88,7 +91,7 @@ class TrainConfig:
     plateau_patience: NonNegative = 3
     grad_clip: Rate | None = 1.0        # max global L2 norm of the gradients (None = off)
     patience: Positive | None = 10      # early stopping on `monitor` (None = off)
-    monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...
+    monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...; epoch (max) keeps the last
     monitor_mode: Literal["min", "max"] = "min"
     device: str = "auto"
     amp: bool = True                    # bf16 autocast, on CUDA only
@@ -128,6 +131,7 @@ class FitResult:
     stopped_early: bool = False
     interrupted: bool = False        # stopped by SIGTERM/SIGUSR1/SIGINT: exit with signals.INTERRUPTED_EXIT_CODE
     stopped_by: str | None = None    # the signal's name (None: it came to another rank)
+    planned_epochs: int = 0          # `epochs`, or more by `min_total_steps` (`planned_epochs`)
 
 
 def seed_everything(seed: int) -> None:
@@ -210,16 +214,18 @@ class _Run:
         groups = _select_trainable(self.model, trainable)
         self.params = [p for params, _ in groups for p in params]
         self.optimizer = _make_optimizer(groups, cfg)
+        self.sampler = ResumableSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+        self.batch_size = scaled_batch_size(cfg.batch_size, len(self.sampler), cfg.min_steps_per_epoch)
+        # from the first batch size, not a halved one: a resumed run then plans the same epochs
+        self.epochs = planned_epochs(cfg.epochs, len(self.sampler), self.batch_size, cfg.min_total_steps)
         self.schedule = LRSchedule(
-            self.optimizer, cfg.schedule, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+            self.optimizer, cfg.schedule, epochs=self.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
             restart_period=cfg.restart_period, monitor_mode=cfg.monitor_mode,
             plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
             hold_epochs=cfg.hold_epochs, decay_gamma=cfg.decay_gamma)
-        self.sampler = ResumableSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
         # Without a validation set the best epoch is the one with the lowest training loss.
         self.monitor, self.mode = (cfg.monitor, cfg.monitor_mode) if val_set is not None or not cfg.monitor.startswith("val_") \
             else ("train_loss", "min")
-        self.batch_size = scaled_batch_size(cfg.batch_size, len(self.sampler), cfg.min_steps_per_epoch)
         if cfg.bucket_by_length:
             self.sampler.bucket(series_lengths(train_set), self.batch_size)
         self.epoch, self.samples_done, self.epoch_seconds = 0, 0, 0.0
@@ -236,12 +242,15 @@ class _Run:
             self._restore()
         else:
             seed_everything(self.cfg.seed + self.ctx.rank)
+        if self.epochs > self.cfg.epochs and self.ctx.is_main and not self.finished:
+            log(f"{self.epochs} epochs instead of {self.cfg.epochs}: at least {self.cfg.min_total_steps} optimizer "
+                f"steps (min_total_steps) at {math.ceil(len(self.sampler) / self.batch_size)} steps an epoch")
         if self.finished:
             log(f"{self.run_dir}: training had already finished; nothing to resume")
             return self._finish()
         self.ddp = distributed.wrap(self.model, self.ctx)
         with StopSignals() as stop:
-            while self.epoch < self.cfg.epochs:
+            while self.epoch < self.epochs:
                 if hasattr(self.task, "on_epoch_start"):
                     self.task.on_epoch_start(self.epoch)
                 if self._train_epoch(stop):
@@ -335,7 +344,7 @@ class _Run:
         if self.ctx.is_main:
             # Redrawing the PNG costs about a second: at most once a minute during training.
             self._write_history(plot=time.monotonic() - self.plotted_at > 60)
-            log(_epoch_line(row, self.cfg.epochs, improved))
+            log(_epoch_line(row, self.epochs, improved))
             if self.stopped_early:
                 log(f"early stop: {self.monitor} has not improved for {self.bad_epochs} epochs (best at epoch {self.best_epoch})")
 
@@ -365,7 +374,7 @@ class _Run:
                           generator=torch.Generator().manual_seed(seed))
 
     def _progress(self, steps: int) -> Progress:
-        description = f"epoch {self.epoch + 1}/{self.cfg.epochs}"
+        description = f"epoch {self.epoch + 1}/{self.epochs}"
         return Progress(steps, description, interval=self.cfg.log_every_s) if self.ctx.is_main else Progress(steps, description, interval=math.inf)
 
     # ---- state -----------------------------------------------------------------------------
@@ -416,7 +425,7 @@ class _Run:
             self.samples_done = self.samples_done * meta["world_size"] // self.ctx.world_size
             seed_everything(self.cfg.seed + self.ctx.rank + self.epoch)
         if self.ctx.is_main and not self.finished:
-            log(f"resuming {self.run_dir} at epoch {self.epoch + 1}/{self.cfg.epochs}"
+            log(f"resuming {self.run_dir} at epoch {self.epoch + 1}/{self.epochs}"
                 + (f", {self.samples_done} samples into it" if self.samples_done else ""))
 
     def _interrupted(self, signal_name: str | None) -> FitResult:
@@ -425,7 +434,7 @@ class _Run:
         if self.ctx.is_main:
             self._write_history()
         return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=True,
-                         stopped_by=signal_name)
+                         stopped_by=signal_name, planned_epochs=self.epochs)
 
     def _finish(self) -> FitResult:
         if self.best_state is not None:
@@ -435,7 +444,8 @@ class _Run:
                 log(f"kept the weights of the best epoch, {self.best_epoch} of {len(self.history)} "
                     f"({self.monitor} {self.best_metric:.4g})")
             self._write_history()
-        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False)
+        return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False,
+                         planned_epochs=self.epochs)
 
     def _write_history(self, plot: bool = True) -> None:
         columns = list(dict.fromkeys(k for row in self.history for k in row))
@@ -446,7 +456,7 @@ class _Run:
         with atomic_output(self.run_dir / "history.csv", overwrite=True) as tmp:
             tmp.write_text(text.getvalue())
         summary = {"monitor": self.monitor, "best_epoch": self.best_epoch, "best_metric": self.best_metric,
-                   "stopped_early": self.stopped_early, "epochs": self.history}
+                   "stopped_early": self.stopped_early, "planned_epochs": self.epochs, "epochs": self.history}
         with atomic_output(self.run_dir / "history.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
         if self.history and plot:
@@ -487,6 +497,15 @@ def scaled_batch_size(batch_size: int, n_samples: int, min_steps: int | None) ->
     if min_steps is None:
         return batch_size
     return min(batch_size, max(MIN_SCALED_BATCH, n_samples // min_steps))
+
+
+def planned_epochs(epochs: int, n_samples: int, batch_size: int, min_total_steps: int | None) -> int:
+    """max(epochs, ceil(min_total_steps / steps an epoch)): `epochs` on large data, more epochs on data
+    too small to make `min_total_steps` optimizer steps in `epochs`; `epochs` when min_total_steps is None."""
+    if min_total_steps is None:
+        return epochs
+    steps = max(1, math.ceil(n_samples / batch_size))   # a lone last sample may be held over: ~1 step less
+    return max(epochs, math.ceil(min_total_steps / steps))
 
 
 def _make_optimizer(groups: list[ParamGroup], cfg: TrainConfig) -> torch.optim.Optimizer:

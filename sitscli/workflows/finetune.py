@@ -4,7 +4,8 @@ Options resolve as: engine `TrainConfig` defaults < FinetuneOptions < the model'
 (`TRAINING["finetune"]` in its module, plus `TRAINING["scratch"]` without `--from` and
 `TRAINING["lora"]` with `--mode lora`) < a protocol's
 settings (`sits probe`) < `--config FILE.yaml` < flags. The resolved options are saved as
-`RUN/config.yaml`.
+`RUN/config.yaml`. `epochs` given (flag or file) turns off a model's `min_total_steps` (the minimum
+of optimizer steps that raises its default epochs on small training sets), unless given too.
 
 With `--from RUN --model BASE` (a base classifier such as lstm, inceptiontime or transformer), BASE is
 trained on the per-date outputs of RUN's encoder: the model `ENCODER+BASE` of `sitscli.models.stacked`,
@@ -235,7 +236,8 @@ def finetune(*, out: str | Path | None = None, config_file: str | Path | None = 
         write_report(run_dir, report, info.class_names)
         extra = {"mode": options["mode"], "from_run": str(from_card.run_dir) if from_card else None, "modalities": list(fed),
                  "patch_size": prepared.patch_size,
-                 "best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_metric,
+                 f"best_{cfg.monitor}": result.best_metric, "best_epoch": result.best_epoch,   # monitor epoch: an int
+                 "planned_epochs": result.planned_epochs,
                  f"{report['split']}_oa": report["oa"]}
         if options["mode"] == "lora":
             extra["lora"] = {k: options[f"lora_{k}"] for k in ("rank", "alpha", "dropout", "targets")} | {"merged": True}

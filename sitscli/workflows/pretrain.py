@@ -95,6 +95,7 @@ def resolve_run_options(schema: type[BaseModel], stage_defaults, flags: Mapping[
                         config_file: str | Path | None, resume: str | Path | None) -> dict[str, Any]:
     """defaults < (a resumed run's saved config) < --config < flags given (None = not given), every
     value checked against TrainConfig and the command's `schema` (one line naming key, value and range).
+    `epochs` given (flag or file) without `min_total_steps` turns the model's `min_total_steps` off.
 
     `stage_defaults(model_name) -> dict` gives the model's own settings once its name is known.
     """
@@ -108,6 +109,10 @@ def resolve_run_options(schema: type[BaseModel], stage_defaults, flags: Mapping[
     if model:
         defaults.update(stage_defaults(model))
     options = resolve(defaults, file_values, flags)
+    given = set(file_values) | {k for k, v in flags.items() if v is not None}
+    if "epochs" in given and "min_total_steps" not in given:
+        # the epochs asked for are the epochs run: a model's minimum of steps raises its own default only
+        options["min_total_steps"] = None
     engine = validated(TrainConfig, {k: v for k, v in options.items() if k in TRAIN_FIELDS})
     command = validated(schema, {k: v for k, v in options.items() if k not in TRAIN_FIELDS})
     return {**dataclasses.asdict(engine), **command.model_dump()}
