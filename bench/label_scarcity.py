@@ -84,7 +84,7 @@ FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
 SLOVENIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "slovenia-s2-ndvi"
 # defaults of the options that depend on the scene: the synthetic one has hundreds of parcels per
 # class, Slovenia 2 to 22 train polygons per class and 1 to 5 val polygons, of very unequal sizes
-# (1 to ~2,500 px): up to 20 labelled pixels of each kept polygon
+# (1 to 3,424 px): up to 20 labelled pixels of each kept polygon
 DATASET_DEFAULTS = {
     "synthetic": {"levels": [5, 10, 20, 50], "val_parcels_per_class": 3, "labelled_pixels": 10},
     "slovenia": {"levels": [1, 2, 3, 5], "val_parcels_per_class": 1, "labelled_pixels": 20},
