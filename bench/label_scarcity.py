@@ -3,7 +3,8 @@
     python bench/label_scarcity.py --workdir DIR [--dataset synthetic|slovenia] [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
         [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf] [--small]
         [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
-        [--finetune-patience N] [--labelled-pixels N] [--threads N] [--report-only]
+        [--finetune-patience N] [--labelled-pixels N] [--class-weights none|balanced]
+        [--finetune-monitor val_oa|val_loss] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
 accuracy reached with few labels. Steps:
@@ -234,7 +235,9 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
     if arm == "rf":
         options = {**options, "hparams": {"n_jobs": args.threads}}
     else:
-        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch}
+        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch,
+                   "class_weights": args.class_weights, "monitor": args.finetune_monitor,
+                   "monitor_mode": "max" if args.finetune_monitor == "val_oa" else "min"}
         options |= ({"from_run": str(pretrained_run), "epochs": args.finetune_epochs} if pretrained else
                     {"hparams": hparams, "epochs": args.scratch_epochs})
     if arm == "sitsbert_lora":
@@ -360,6 +363,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-patience", type=int, default=None, help="early stopping on val OA; default: the paper's (none)")
     parser.add_argument("--min-steps-per-epoch", type=int, default=None,
                         help="smaller batches (not below 32) on few labels, for every SITS-BERT arm (default: the model's batch size)")
+    parser.add_argument("--finetune-monitor", choices=["val_oa", "val_loss"], default="val_oa",
+                        help="SITS-BERT arms: the epoch kept (default: the best val OA, finetune's); val_loss (with "
+                             "--class-weights balanced, a class-balanced loss) where a few-polygon val split is so "
+                             "unbalanced that predicting its largest class wins on OA")
+    parser.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                        help="SITS-BERT arms' loss weights (balanced: n / (K n_k) over the labelled train pixels); "
+                             "the random forest has none")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA adapters' lr; default: the model's (1e-5)")
     parser.add_argument("--small", action="store_true", help=f"SITS-BERT hidden/layers/heads {SMALL}")
     parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")
@@ -380,7 +390,8 @@ def check_same_settings(saved: Path, settings: dict) -> None:
     """A resumed benchmark keeps the data and training settings of its finished runs."""
     if not saved.is_file():
         return
-    before = {"dataset": "synthetic"} | json.loads(saved.read_text())   # workdirs made before --dataset
+    # workdirs made before these options had their defaults
+    before = {"dataset": "synthetic", "class_weights": "none", "finetune_monitor": "val_oa"} | json.loads(saved.read_text())
     changed = [f"{key} was {before.get(key)!r}, now {value!r}" for key, value in json.loads(json.dumps(settings)).items()
                if key not in FREE_ON_RESUME and before.get(key) != value]
     if changed:

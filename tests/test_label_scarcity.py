@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,16 @@ def test_dataset_defaults(bench):
     assert (args.levels, args.val_parcels_per_class, args.labelled_pixels) == ([1, 2, 3, 5], 1, 20)
     args = bench.parse_args(["--levels", "5,10", "--labelled-pixels", "4"])
     assert (args.dataset, args.levels, args.val_parcels_per_class, args.labelled_pixels) == ("synthetic", [5, 10], 3, 4)
+
+
+def test_resume_of_a_workdir_made_before_the_dataset_options(bench, tmp_path):
+    """A synthetic workdir saved without --dataset/--class-weights/--finetune-monitor resumes with
+    their defaults, and refuses another dataset."""
+    args = bench.parse_args([])
+    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only", "real_root")}
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps({k: v for k, v in settings.items()
+                                 if k not in ("dataset", "class_weights", "finetune_monitor")}))
+    bench.check_same_settings(saved, settings)
+    with pytest.raises(SystemExit, match="dataset was 'synthetic'"):
+        bench.check_same_settings(saved, settings | {"dataset": "slovenia"})
