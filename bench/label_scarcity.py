@@ -1,24 +1,35 @@
 """SITS-BERT with few labels: pre-trained on unlabelled pixels, then fine-tuned, against from scratch and a random forest.
 
-    python bench/label_scarcity.py --workdir DIR [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
+    python bench/label_scarcity.py --workdir DIR [--dataset synthetic|slovenia] [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
         [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf] [--small]
         [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
-        [--finetune-patience N] [--labelled-pixels N] [--threads N] [--report-only]
+        [--finetune-patience N] [--labelled-pixels N] [--class-weights none|balanced]
+        [--finetune-monitor val_oa|val_loss] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
 accuracy reached with few labels. Steps:
-1. `write_synthetic` (one agronomic year) and `prepare_s2` in pixel mode (`full.sits`), once.
-   The synthetic parcels tile the whole scene, so there is no pool of pixels outside them
-   (`--unlabeled`): the unlabelled pixels are the train and val pixels, labels dropped.
+1. The scene prepared in pixel mode by `prepare_s2` (`full.sits`), once (`--dataset`):
+   - synthetic: `write_synthetic` (one agronomic year), `--pixels-per-parcel` pixels of each
+     parcel. The parcels tile the whole scene, so there is no pool of pixels outside them
+     (`--unlabeled`): the unlabelled pixels are the train and val pixels, labels dropped.
+   - slovenia: the real Sentinel-2 NDVI scene of `--real-root` (100 x 101 px, 67 dates in
+     2015-2017, real clouds; `lulc.gpkg`, 5 classes of LULC_NAME, 84 named polygons of which 78
+     cover a pixel centre): every pixel of every polygon, and every pixel outside them in the
+     pool. Polygons are few (2 to 22 per class in the train split at `--data-seed 0`), so the
+     levels are polygons per class, 1, 2, 3, 5 by default; a class with fewer train polygons
+     than the level keeps them all (the `labelled` counts per class say so).
 2. `pool.sits`: a copy of it in which every train and val pixel is unlabelled (split `unlabeled`,
    class -1), the test split untouched; SITS-BERT is pre-trained once on it (labels ignored, the
    pretext loss watched on 3 % of the pool), to convergence: `--pretrain-epochs` caps the epochs
-   and `--pretrain-patience` stops when the pretext validation loss no longer improves.
+   and `--pretrain-patience` stops when the pretext validation loss no longer improves. The test
+   pixels stay out of the pool (`pretrain` never reads the test split), so the test scores are
+   of pixels no stage has seen; on Slovenia the pool is the other 85 % of the scene.
 3. For each level (labelled parcels per class) and seed, a reduced copy (`reduce_labels`): in the
    train split only `level` parcels of each class, drawn with the seed, keep labels, on
-   `--labelled-pixels` of their pixels; in the val split at most `--val-parcels-per-class` (the
-   epoch is chosen on few labels too, as it would be in practice); every other train/val pixel is
-   unlabelled. The test split is untouched. Each arm trains on it with that seed:
+   `--labelled-pixels` of their pixels (drawn at random in the parcel); in the val split at most
+   `--val-parcels-per-class` (the epoch is chosen on few labels too, as it would be in practice);
+   every other train/val pixel is unlabelled. The test split is untouched. Each arm trains on it
+   with that seed:
    - sitsbert_full: every weight of the pre-trained encoder and the new head trains;
    - sitsbert_lora: LoRA adapters on the frozen pre-trained encoder (the model's LoRA lr) + the head;
    - sitsbert_frozen: the head only, on the frozen pre-trained encoder (a linear probe of its features);
@@ -47,6 +58,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 
 from sitscli.data.prepared import SPLIT_CODES, PreparedWriter, open_prepared
@@ -70,6 +82,14 @@ ARMS: dict[str, tuple[bool, dict]] = {
 PRETRAINED_ARMS = [arm for arm, (pretrained, _) in ARMS.items() if pretrained]
 # settings a resumed benchmark may change: which runs to make and where; the others must match the saved ones
 FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
+SLOVENIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "slovenia-s2-ndvi"
+# defaults of the options that depend on the scene: the synthetic one has hundreds of parcels per
+# class, Slovenia 2 to 22 train polygons per class and 1 to 5 val polygons, of very unequal sizes
+# (1 to 3,424 px): up to 20 labelled pixels of each kept polygon
+DATASET_DEFAULTS = {
+    "synthetic": {"levels": [5, 10, 20, 50], "val_parcels_per_class": 3, "labelled_pixels": 10},
+    "slovenia": {"levels": [1, 2, 3, 5], "val_parcels_per_class": 1, "labelled_pixels": 20},
+}
 
 
 def keep_groups(group: np.ndarray, y: np.ndarray, in_split: np.ndarray, per_class: int,
@@ -81,9 +101,10 @@ def keep_groups(group: np.ndarray, y: np.ndarray, in_split: np.ndarray, per_clas
     return np.concatenate(kept) if kept else np.zeros(0, np.int64)
 
 
-def first_pixels(group: np.ndarray, per_group: int) -> np.ndarray:
-    """(N,) bool: the first `per_group` samples of each group (pixels come in random order within it)."""
-    order = np.argsort(group, kind="stable")
+def some_pixels(group: np.ndarray, per_group: int, rng: np.random.Generator) -> np.ndarray:
+    """(N,) bool: `per_group` samples of each group drawn at random (all of a smaller group).
+    Not the first ones: prepare stores a polygon's pixels in raster order, its top rows first."""
+    order = np.lexsort((rng.random(group.size), group))    # by group, at random within each
     starts = np.searchsorted(group[order], group[order], side="left")
     keep = np.zeros(group.size, bool)
     keep[order] = np.arange(group.size) - starts < per_group
@@ -99,7 +120,7 @@ def reduce_labels(source: Path, out: Path, *, train_per_class: int, val_per_clas
     data = prepared.read(0, prepared.n_samples)
     rng = np.random.default_rng(seed)
     split, y, group = data["split"].astype(np.int8), data["y"].astype(np.int16), data["group"]
-    few_pixels = first_pixels(group, pixels_per_parcel)
+    few_pixels = some_pixels(group, pixels_per_parcel, np.random.default_rng([seed, 1]))
     for name, per_class in (("train", train_per_class), ("val", val_per_class)):
         in_split = split == SPLIT_CODES[name]
         kept = np.isin(group, keep_groups(group, y, in_split, per_class, rng)) & few_pixels
@@ -112,10 +133,21 @@ def reduce_labels(source: Path, out: Path, *, train_per_class: int, val_per_clas
                         mode="pixel", crs=prepared.crs, overwrite=True) as writer:
         writer.append(x=data["x"] / SCALE, valid=data["valid"], date=data["date"], y=y, split=split, group=group,
                       xy=data["xy"])
-    return {name: {"pixels": int(((split == code) & (y >= 0)).sum()),
-                   "parcels": int(np.unique(group[(split == code) & (y >= 0)]).size)}
-            for name, code in SPLIT_CODES.items() if name != "unlabeled"} | {
-        "unlabeled_pixels": int((split == SPLIT_CODES["unlabeled"]).sum())}
+    return label_counts(split, y, group, prepared.class_names)
+
+
+def label_counts(split: np.ndarray, y: np.ndarray, group: np.ndarray, class_names: list[str]) -> dict:
+    """Labelled pixels and parcels of each split, in all and per class; the unlabelled pixels."""
+    counts: dict = {}
+    for name, code in SPLIT_CODES.items():
+        if name == "unlabeled":
+            continue
+        labelled = (split == code) & (y >= 0)
+        counts[name] = {"pixels": int(labelled.sum()), "parcels": int(np.unique(group[labelled]).size),
+                        "parcels_per_class": {c: int(np.unique(group[labelled & (y == k)]).size)
+                                              for k, c in enumerate(class_names)},
+                        "pixels_per_class": {c: int((labelled & (y == k)).sum()) for k, c in enumerate(class_names)}}
+    return counts | {"unlabeled_pixels": int((split == SPLIT_CODES["unlabeled"]).sum())}
 
 
 def stop_if_interrupted(result, what: str) -> None:
@@ -125,14 +157,31 @@ def stop_if_interrupted(result, what: str) -> None:
 
 
 def make_full(work: Path, args: argparse.Namespace) -> Path:
-    """The synthetic scene prepared in pixel mode, made once (`full.sits` exists when complete)."""
+    """The scene prepared in pixel mode, made once (`full.sits` exists when complete), and its
+    labelled counts (`full.json`)."""
     full = work / "full.sits"
     if not full.exists():
-        scene = write_synthetic(work / "synthetic", size=args.size, seed=args.data_seed, years=1,
-                                difficulty=args.difficulty, layout="cog", workers=args.threads, overwrite=True)
-        prepare_s2(scene.l2a, full, labels=scene.parcels, class_field=scene.class_field,
-                   max_per_polygon=args.pixels_per_parcel, unlabeled=args.unlabeled, seed=args.data_seed)
+        if args.dataset == "slovenia":
+            prepare_slovenia(Path(args.real_root), full, seed=args.data_seed)
+        else:
+            scene = write_synthetic(work / "synthetic", size=args.size, seed=args.data_seed, years=1,
+                                    difficulty=args.difficulty, layout="cog", workers=args.threads, overwrite=True)
+            prepare_s2(scene.l2a, full, labels=scene.parcels, class_field=scene.class_field,
+                       max_per_polygon=args.pixels_per_parcel, unlabeled=args.unlabeled, seed=args.data_seed)
+    counts = work / "full.json"
+    if not counts.is_file():
+        prepared = open_prepared(full)
+        data = prepared.read(0, prepared.n_samples)
+        counts.write_text(json.dumps(label_counts(data["split"], data["y"], data["group"], prepared.class_names)))
     return full
+
+
+def prepare_slovenia(root: Path, out: Path, *, seed: int) -> Path:
+    """Every pixel of the Slovenia scene: all of each polygon (labelled) and all outside them (the pool)."""
+    with rasterio.open(root / "lulc_reference.tif") as grid:
+        every_pixel = grid.width * grid.height
+    return prepare_s2(root, out, labels=root / "lulc.gpkg", class_field="LULC_NAME", max_per_polygon=None,
+                      unlabeled=every_pixel, seed=seed)
 
 
 def reduced_copy(full: Path, out: Path, *, train_per_class: int, val_per_class: int, args: argparse.Namespace,
@@ -186,7 +235,9 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
     if arm == "rf":
         options = {**options, "hparams": {"n_jobs": args.threads}}
     else:
-        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch}
+        options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch,
+                   "class_weights": args.class_weights, "monitor": args.finetune_monitor,
+                   "monitor_mode": "max" if args.finetune_monitor == "val_oa" else "min"}
         options |= ({"from_run": str(pretrained_run), "epochs": args.finetune_epochs} if pretrained else
                     {"hparams": hparams, "epochs": args.scratch_epochs})
     if arm == "sitsbert_lora":
@@ -261,7 +312,10 @@ def report(work: Path) -> dict:
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     settings["labelled"] = {path.parent.name: json.loads(path.read_text())
                             for path in sorted((work / "runs").glob("*/data.json"))}
-    document = {"benchmark": "label_scarcity", "model": "sitsbert", "settings": settings,
+    full_counts = work / "full.json"
+    document = {"benchmark": "label_scarcity", "model": "sitsbert", "dataset": settings.get("dataset", "synthetic"),
+                "labelled_in_full_dataset": json.loads(full_counts.read_text()) if full_counts.is_file() else None,
+                "settings": settings,
                 "pretraining": pretraining_summary(work / "pretrain"), "results": results,
                 "gain_pretrained_minus_scratch": gains(runs)}
     (work / "report.json").write_text(json.dumps(document, indent=2))
@@ -280,17 +334,23 @@ def arm_list(text: str) -> list[str]:
     return arms
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASET_DEFAULTS), default="synthetic",
+                        help="the synthetic scene, or the real Slovenia NDVI scene of --real-root")
+    parser.add_argument("--real-root", default=str(SLOVENIA), help="the slovenia-s2-ndvi folder")
     parser.add_argument("--size", type=int, default=256, help="synthetic scene side (px)")
     parser.add_argument("--difficulty", type=float, default=0.3)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--pixels-per-parcel", type=int, default=40, help="pixels drawn per parcel (labelled or not)")
-    parser.add_argument("--labelled-pixels", type=int, default=10, help="labelled pixels of each kept parcel")
+    parser.add_argument("--pixels-per-parcel", type=int, default=40,
+                        help="synthetic: pixels drawn per parcel, labelled or not (slovenia: all of them)")
+    parser.add_argument("--labelled-pixels", type=int, default=None,
+                        help="labelled pixels of each kept parcel (default: synthetic 10, slovenia 20)")
     parser.add_argument("--unlabeled", type=int, default=0,
                         help="pixels drawn outside the parcels (none there in the synthetic scene: it is all parcels)")
-    parser.add_argument("--levels", type=int_list, default=[5, 10, 20, 50], help="labelled parcels per class")
-    parser.add_argument("--val-parcels-per-class", type=int, default=3)
+    parser.add_argument("--levels", type=int_list, default=None,
+                        help="labelled parcels per class (default: synthetic 5,10,20,50, slovenia 1,2,3,5)")
+    parser.add_argument("--val-parcels-per-class", type=int, default=None, help="default: synthetic 3, slovenia 1")
     parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
     parser.add_argument("--arms", type=arm_list, default=list(ARMS), help=f"among {', '.join(ARMS)}")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="cap; default: the paper's (100)")
@@ -303,6 +363,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--finetune-patience", type=int, default=None, help="early stopping on val OA; default: the paper's (none)")
     parser.add_argument("--min-steps-per-epoch", type=int, default=None,
                         help="smaller batches (not below 32) on few labels, for every SITS-BERT arm (default: the model's batch size)")
+    parser.add_argument("--finetune-monitor", choices=["val_oa", "val_loss"], default="val_oa",
+                        help="SITS-BERT arms: the epoch kept (default: the best val OA, finetune's); val_loss (with "
+                             "--class-weights balanced, a class-balanced loss) where a few-polygon val split is so "
+                             "unbalanced that predicting its largest class wins on OA")
+    parser.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                        help="SITS-BERT arms' loss weights (balanced: n / (K n_k) over the labelled train pixels); "
+                             "the random forest has none")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA adapters' lr; default: the model's (1e-5)")
     parser.add_argument("--small", action="store_true", help=f"SITS-BERT hidden/layers/heads {SMALL}")
     parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")
@@ -310,7 +377,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", default=None,
                         help="keep data and runs here, to resume or report (default: temporary, removed)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON table from the workdir's finished runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.report_only and not (args.workdir and Path(args.workdir, "runs").is_dir()):
         parser.error("--report-only needs --workdir: a folder holding the runs of an earlier benchmark")
     return args
@@ -320,7 +390,8 @@ def check_same_settings(saved: Path, settings: dict) -> None:
     """A resumed benchmark keeps the data and training settings of its finished runs."""
     if not saved.is_file():
         return
-    before = json.loads(saved.read_text())
+    # workdirs made before these options had their defaults
+    before = {"dataset": "synthetic", "class_weights": "none", "finetune_monitor": "val_oa"} | json.loads(saved.read_text())
     changed = [f"{key} was {before.get(key)!r}, now {value!r}" for key, value in json.loads(json.dumps(settings)).items()
                if key not in FREE_ON_RESUME and before.get(key) != value]
     if changed:
@@ -334,7 +405,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         work.mkdir(parents=True, exist_ok=True)
         hparams = SMALL if args.small else None
-        settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only")} | {
+        unused = ("workdir", "report_only") + (("real_root",) if args.dataset == "synthetic" else ())
+        settings = {k: v for k, v in vars(args).items() if k not in unused} | {
             "hparams": hparams or "paper (hidden 256, 3 layers, 8 heads)", "device": str(resolve_device(args.device))}
         check_same_settings(work / "settings.json", settings)
         (work / "settings.json").write_text(json.dumps(settings, indent=1))

@@ -1,0 +1,106 @@
+"""bench/label_scarcity.py: the few-label copies of the real Slovenia scene (issue 11)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sitscli.data.prepared import open_prepared
+from sitscli.data.splits import TEST, TRAIN, UNLABELED, VAL
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "label_scarcity.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("label_scarcity", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def everything(path: Path) -> dict[str, np.ndarray]:
+    prepared = open_prepared(path)
+    return prepared.read(0, prepared.n_samples) | {"classes": prepared.class_names}
+
+
+@pytest.fixture(scope="module")
+def slovenia(bench, real_data, tmp_path_factory) -> Path:
+    """The whole scene in pixel mode: every pixel of every polygon, and the pool outside them."""
+    return bench.prepare_slovenia(real_data / "slovenia-s2-ndvi", tmp_path_factory.mktemp("slo") / "full.sits", seed=0)
+
+
+def polygons(d: dict, code: int, k: int) -> set:
+    return set(np.unique(d["group"][(d["split"] == code) & (d["y"] == k)]).tolist())
+
+
+def test_slovenia_full_scene_is_every_pixel(slovenia):
+    """100 x 101 px: every pixel with a clear date is a sample, outside the polygons in the pool."""
+    d = everything(slovenia)
+    assert 9900 < len(d["y"]) <= 100 * 101 and len(d["classes"]) == 5
+    pool = d["split"] == UNLABELED
+    assert pool.any() and (d["y"][pool] == -1).all()
+    assert (d["y"][~pool] >= 0).all()
+    assert len(np.unique(d["xy"], axis=0)) == len(d["y"])       # no pixel twice
+
+
+@pytest.mark.parametrize("level", [2, 5])
+def test_slovenia_reduction_keeps_level_polygons_per_class(bench, slovenia, tmp_path, level):
+    """Train: `level` polygons of each class labelled (all of a class that has fewer), at most the
+    labelled pixels of each; val: one polygon per class; test untouched; the rest in the pool."""
+    counts = bench.reduce_labels(slovenia, tmp_path / "few.sits", train_per_class=level, val_per_class=1,
+                                 pixels_per_parcel=3, seed=1)
+    full, few = everything(slovenia), everything(tmp_path / "few.sits")
+    assert len(few["y"]) == len(full["y"])
+    np.testing.assert_array_equal(few["xy"], full["xy"])
+    for k, name in enumerate(full["classes"]):
+        kept = polygons(few, TRAIN, k)
+        assert len(kept) == min(level, len(polygons(full, TRAIN, k))) == counts["train"]["parcels_per_class"][name]
+        assert kept <= polygons(full, TRAIN, k)
+        assert len(polygons(few, VAL, k)) == min(1, len(polygons(full, VAL, k)))
+    labelled = np.isin(few["split"], (TRAIN, VAL))
+    for g in np.unique(few["group"][labelled]):
+        assert (labelled & (few["group"] == g)).sum() == min(3, (full["group"] == g).sum())
+    test = full["split"] == TEST
+    np.testing.assert_array_equal(few["split"] == TEST, test)
+    for key in ("x", "valid", "y", "group"):
+        np.testing.assert_array_equal(few[key][test], full[key][test])
+    pool = few["split"] == UNLABELED
+    np.testing.assert_array_equal(pool, ~test & ~labelled)     # every other pixel, inside polygons or not
+    assert (few["y"][pool] == -1).all() and counts["unlabeled_pixels"] == pool.sum()
+    np.testing.assert_array_equal(few["x"][pool], full["x"][pool])
+
+
+def test_labelled_pixels_drawn_at_random_in_the_parcel(bench):
+    """Not the first pixels in storage (raster) order: another seed, other pixels; always `per_group` each."""
+    group = np.repeat(np.arange(4), 50)
+    picks = [bench.some_pixels(group, 5, np.random.default_rng(seed)) for seed in (0, 1)]
+    for keep in picks:
+        np.testing.assert_array_equal(np.bincount(group[keep]), [5, 5, 5, 5])
+    assert not np.array_equal(*picks)
+    np.testing.assert_array_equal(bench.some_pixels(group, 80, np.random.default_rng(0)), np.ones(200, bool))
+
+
+def test_dataset_defaults(bench):
+    """The levels and val/labelled sizes follow the scene unless given."""
+    args = bench.parse_args(["--dataset", "slovenia"])
+    assert (args.levels, args.val_parcels_per_class, args.labelled_pixels) == ([1, 2, 3, 5], 1, 20)
+    args = bench.parse_args(["--levels", "5,10", "--labelled-pixels", "4"])
+    assert (args.dataset, args.levels, args.val_parcels_per_class, args.labelled_pixels) == ("synthetic", [5, 10], 3, 4)
+
+
+def test_resume_of_a_workdir_made_before_the_dataset_options(bench, tmp_path):
+    """A synthetic workdir saved without --dataset/--class-weights/--finetune-monitor resumes with
+    their defaults, and refuses another dataset."""
+    args = bench.parse_args([])
+    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only", "real_root")}
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps({k: v for k, v in settings.items()
+                                 if k not in ("dataset", "class_weights", "finetune_monitor")}))
+    bench.check_same_settings(saved, settings)
+    with pytest.raises(SystemExit, match="dataset was 'synthetic'"):
+        bench.check_same_settings(saved, settings | {"dataset": "slovenia"})
