@@ -3,7 +3,7 @@
     python bench/label_scarcity.py --workdir DIR [--dataset synthetic|slovenia] [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
         [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf] [--small]
         [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
-        [--finetune-patience N] [--labelled-pixels N] [--class-weights none|balanced]
+        [--finetune-patience N] [--min-steps-per-epoch N] [--min-total-steps N] [--labelled-pixels N] [--class-weights none|balanced]
         [--finetune-monitor val_oa|val_loss] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
@@ -236,6 +236,7 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
         options = {**options, "hparams": {"n_jobs": args.threads}}
     else:
         options = {**options, "patience": args.finetune_patience, "min_steps_per_epoch": args.min_steps_per_epoch,
+                   "min_total_steps": args.min_total_steps,
                    "class_weights": args.class_weights, "monitor": args.finetune_monitor,
                    "monitor_mode": "max" if args.finetune_monitor == "val_oa" else "min"}
         options |= ({"from_run": str(pretrained_run), "epochs": args.finetune_epochs} if pretrained else
@@ -363,6 +364,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-patience", type=int, default=None, help="early stopping on val OA; default: the paper's (none)")
     parser.add_argument("--min-steps-per-epoch", type=int, default=None,
                         help="smaller batches (not below 32) on few labels, for every SITS-BERT arm (default: the model's batch size)")
+    parser.add_argument("--min-total-steps", type=int, default=None,
+                        help="at least this many optimizer steps for every SITS-BERT arm: epochs raised on few labels "
+                             "(default: the epochs as they are)")
     parser.add_argument("--finetune-monitor", choices=["val_oa", "val_loss"], default="val_oa",
                         help="SITS-BERT arms: the epoch kept (default: the best val OA, finetune's); val_loss (with "
                              "--class-weights balanced, a class-balanced loss) where a few-polygon val split is so "
@@ -391,7 +395,8 @@ def check_same_settings(saved: Path, settings: dict) -> None:
     if not saved.is_file():
         return
     # workdirs made before these options had their defaults
-    before = {"dataset": "synthetic", "class_weights": "none", "finetune_monitor": "val_oa"} | json.loads(saved.read_text())
+    before = {"dataset": "synthetic", "class_weights": "none", "finetune_monitor": "val_oa",
+              "min_total_steps": None} | json.loads(saved.read_text())
     changed = [f"{key} was {before.get(key)!r}, now {value!r}" for key, value in json.loads(json.dumps(settings)).items()
                if key not in FREE_ON_RESUME and before.get(key) != value]
     if changed:
