@@ -62,31 +62,23 @@ LTAE_HPARAMS: dict[str, Any] = {k: v for k, v in LTAE_DEFAULTS.items() if k != "
 INDUCING_NOISE = 0.1
 
 # The paper's experimental settings (Bellet et al. 2024, Table VIII): Adam, learning rate 1e-3,
-# batches of 1024 pixels; the variants
-# take their own (TRAINING_BY_MODEL). Epochs are the engine's (the paper's budget is not ours).
-# amp off: the GP's Cholesky factorisations need float32.
-# Scaled to the data by a minimum number of steps an epoch (engine `min_steps_per_epoch`): the
-# paper's 92 k training pixels in batches of 1024 make ~90 steps an epoch, but a few thousand
-# samples would make ~4 (measured: OA 0.21 at the defaults). With at least 32 steps the batch is
-# min(1024, max(32, n_train // 32)): the paper's 1024 from 32,768 samples on, so its large-data
-# setting is unchanged, and the same order of updates an epoch on small sets. (Raising lr instead
-# would change the large-data recipe too.)
-# Below 1,024 samples the batch floor (32) cuts the steps an epoch again (112 Rondonia samples: 4,
-# 400 in 100 epochs; the ELBO still falling, OA 0.54): `min_total_steps` 3,200 raises the epochs
-# until the run makes the 100 x 32 steps it makes on any larger set (800 epochs on 112 samples).
-# It changes nothing from ~1,000 samples on (the synthetic scene's 1,451: 33 steps x 100 epochs;
-# the paper's data: ~90 x 100). Why steps and not epochs: at lr 1e-3 an Adam update moves a weight
-# by <= ~1e-3, and the GP's output scale, 0.69 at the start, still grows after 3,200 updates (to ~2
-# on Rondonia; ~7 at lr 1e-2): the run needs thousands of updates whatever the data's size. Measured on Rondonia (test OA, 24
-# samples: one sample = 4.2 points, 3 seeds): 0.54 -> 0.69 with it; 9,000 steps gave no more
-# (0.75, seed 0 as at 3,200), nor did lr 3e-3; lr 1e-2 gave 0.75 on 3 seeds but is not the
-# paper's. The remaining gap to TempCNN/RF (0.85/0.83) is the SVGP head on 112 samples: on fixed
-# gap-filled features it reaches 0.71-0.75 at any lr (KL / N is a third of the loss at N = 112).
-# The last epoch is kept (monitor `epoch`), as the paper trains for a fixed budget: the best
-# validation OA of 24 Rondonia samples ties early (the first of equal epochs is kept: epochs 201
-# and 257 of 800) and the best validation loss falls on early epochs on the synthetic scene (24
-# and 27 of 100, of validation OA 0.70-0.72). Test OA, 3 seeds, best validation OA -> last epoch:
-# Rondonia 0.69 -> 0.78, synthetic scene 0.81 -> 0.82 (bench/README.md; best val loss: 0.76 on Rondonia).
+# batches of 1024 pixels; the variants take their own (TRAINING_BY_MODEL). amp off: the GP's
+# Cholesky factorisations need float32. Scaled to small data, the paper's large-data setting unchanged:
+# - at least 32 steps an epoch (`min_steps_per_epoch`): the batch is min(1024, max(32, n_train // 32)),
+#   the paper's 1024 from 32,768 samples on; a few thousand samples would otherwise make ~4 steps an
+#   epoch (measured: OA 0.21 at the defaults). Raising lr instead would change the large-data recipe.
+# - at least 3,200 steps in all (`min_total_steps`, 100 epochs x 32 steps): below ~1,000 samples the
+#   batch floor cuts the steps again (112 Rondonia samples: 4 an epoch), so the epochs are raised
+#   (800 there); nothing changes from ~1,000 samples on. Steps, not epochs, because the GP's output
+#   scale (0.69 at the start) still grows after 3,200 Adam updates at lr 1e-3: the run needs
+#   thousands of updates whatever the data's size. Rondonia test OA (3 seeds, 24 samples: one sample
+#   = 4.2 points): 0.54 -> 0.69; 9,000 steps or lr 3e-3 gave no more (seed 0).
+# - the last epoch is kept (monitor `epoch`), as the paper trains for a fixed budget: the best
+#   validation OA of 24 samples ties early, and the best validation loss falls on early epochs of the
+#   synthetic scene. Test OA, best validation OA -> last epoch: Rondonia 0.69 -> 0.78, synthetic
+#   0.81 -> 0.82 (bench/README.md).
+# The remaining gap to TempCNN / RF on Rondonia (0.85 / 0.83) is the SVGP head on 112 samples: on
+# fixed gap-filled features it reaches 0.71-0.75 at any lr (KL / N is a third of the loss at N = 112).
 TRAINING: dict[str, dict[str, Any]] = {
     "finetune": {"batch_size": 1024, "min_steps_per_epoch": 32, "min_total_steps": 3200, "lr": 1e-3,
                  "optimizer": "adam", "weight_decay": 0.0,
