@@ -19,7 +19,7 @@ _sits_words() {
         "sits change-detect") words="--out -o --model -m --method --distance --threshold --binary-out --reference --reference-field --roc-out --patch --overlap --block --batch-size --bands --dates-a --dates-b --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits demo") words="--out -o --seed --device --change --no-change --overwrite --json --help -h"; subs="" ;;
         "sits embed") words="--model -m --out -o --format --patch --overlap --block --batch-size --bands --device --cog --no-cog --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --head-lr --class-weights --eval-date-shift --modalities --evaluate --epochs --batch-size --lr --patience --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
+        "sits finetune") words="--data --out -o --from --model -m --mode --pooling --lora-rank --lora-alpha --lora-dropout --lora-targets --head-lr --class-weights --eval-date-shift --modalities --evaluate --epochs --batch-size --lr --patience --min-total-steps --device --seed --num-workers --hparam --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits info") words="--json --help -h"; subs="" ;;
         "sits models") words="--json --help -h"; subs="" ;;
         "sits predict-map") words="--model -m --out -o --probabilities --confidence --prob-dtype --bands --aoi --dates --dates-file --tile --tiles --max-cloud --block --batch-size --device --cog --no-cog --colors --compress --resume --no-resume --overwrite --no-overwrite --s1 --vhr --config --json --help -h"; subs="" ;;

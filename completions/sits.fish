@@ -89,6 +89,7 @@ complete -c sits -n '__fish_seen_subcommand_from finetune' -l epochs -rF -d 'Tra
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l batch-size -rF -d 'Samples per step and process.'
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l lr -rF -d 'Learning rate.'
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l patience -rF -d 'Stop after this many epochs without a better val OA.'
+complete -c sits -n '__fish_seen_subcommand_from finetune' -l min-total-steps -rF -d 'At least this many optimizer steps: more epochs on few labels (default: the model\'s, e.g. mtan-svgp 3200; --epochs alone turns it off).'
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l device -rF -d 'auto (default) | cpu | cuda | cuda:N | mps.'
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l seed -rF -d 'Random seed: the same seed repeats a CPU run exactly.'
 complete -c sits -n '__fish_seen_subcommand_from finetune' -l num-workers -rF -d 'DataLoader worker processes (default 0).'

@@ -62,6 +62,16 @@ def test_finetune_prints_the_report_and_evaluate_rescores_the_run(tmp_path, monk
     assert (tmp_path / "scores" / "confusion.png").is_file()
 
 
+def test_min_total_steps_raises_the_epochs_on_few_samples(tmp_path, monkeypatch, capsys, toy_data, pretrained):
+    run = tmp_path / "ft"
+    code, out, err = sits(monkeypatch, capsys, "finetune", toy_data, "--from", pretrained, "--out", run,
+                          "--epochs", "2", "--min-total-steps", "40", *FAST)
+    assert code == 0, err
+    history = json.loads((run / "history.json").read_text())
+    assert history["planned_epochs"] > 2 and len(history["epochs"]) == history["planned_epochs"]
+    assert "min_total_steps" in err
+
+
 def test_probe_command(tmp_path, monkeypatch, capsys, toy_data, pretrained):
     code, out, err = sits(monkeypatch, capsys, "probe", toy_data, "--from", pretrained, "--out", tmp_path / "probe",
                           "--epochs", "2", "--device", "cpu", "--json")

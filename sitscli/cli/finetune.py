@@ -90,6 +90,7 @@ def finetune_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better val OA."),
+    min_total_steps: Optional[int] = typer.Option(None, "--min-total-steps", help="At least this many optimizer steps: more epochs on few labels (default: the model's, e.g. mtan-svgp 3200; --epochs alone turns it off)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed repeats a CPU run exactly."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0)."),
@@ -117,6 +118,7 @@ def finetune_command(
         data=dataset, model=model, from_run=str(from_run) if from_run else None, mode=mode, pooling=pooling,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
         head_lr=head_lr, class_weights=class_weights, eval_date_shift=eval_date_shift, modalities=modalities,
+        min_total_steps=min_total_steps,
         **training_flags(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, device=device, seed=seed,
                          num_workers=num_workers, hparam=hparam))
     finish_run(result, "finetune")
