@@ -82,6 +82,8 @@ ARMS: dict[str, tuple[bool, dict]] = {
 PRETRAINED_ARMS = [arm for arm, (pretrained, _) in ARMS.items() if pretrained]
 # settings a resumed benchmark may change: which runs to make and where; the others must match the saved ones
 FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
+# and, until the pre-training has finished, its stopping rule (as `sits pretrain --resume` allows)
+PRETRAIN_STOPPING = ("pretrain_epochs", "pretrain_patience", "pretrain_min_delta")
 SLOVENIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "slovenia-s2-ndvi"
 # defaults of the options that depend on the scene: the synthetic one has hundreds of parcels per
 # class, Slovenia 2 to 22 train polygons per class and 1 to 5 val polygons, of very unequal sizes
@@ -201,7 +203,7 @@ def run_pretraining(work: Path, pool: Path, args: argparse.Namespace, hparams: d
     if (run_dir / CARD).is_file():
         return run_dir
     options = dict(data=str(pool), model="sitsbert", hparams=hparams, epochs=args.pretrain_epochs,
-                   patience=args.pretrain_patience, lr=args.pretrain_lr, warmup_epochs=args.pretrain_warmup,
+                   patience=args.pretrain_patience, min_delta=args.pretrain_min_delta, lr=args.pretrain_lr, warmup_epochs=args.pretrain_warmup,
                    device=args.device, seed=0)
     print("[label_scarcity] pre-training", file=sys.stderr, flush=True)
     if (run_dir / RESUME).is_dir():
@@ -357,6 +359,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="cap; default: the paper's (100)")
     parser.add_argument("--pretrain-patience", type=int, default=None,
                         help="stop when the pretext validation loss has not improved for N epochs (default: the paper's, none)")
+    parser.add_argument("--pretrain-min-delta", type=float, default=0.0,
+                        help="progress of the pretext loss = a fall by more than this share since the last progress "
+                             "(0.01 = 1 %%); --pretrain-patience epochs without progress stop the pre-training")
     parser.add_argument("--pretrain-lr", type=float, default=None, help="default: the paper's (1e-4)")
     parser.add_argument("--pretrain-warmup", type=float, default=None, help="warm-up epochs; default: the paper's (0)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="from the pre-trained encoder; default: the paper's (100)")
@@ -390,15 +395,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_same_settings(saved: Path, settings: dict) -> None:
-    """A resumed benchmark keeps the data and training settings of its finished runs."""
+def check_same_settings(saved: Path, settings: dict, free: tuple[str, ...]) -> None:
+    """A resumed benchmark keeps the data and training settings of its finished runs (but `free`)."""
     if not saved.is_file():
         return
     # workdirs made before these options had their defaults
     before = {"dataset": "synthetic", "class_weights": "none", "finetune_monitor": "val_oa",
-              "min_total_steps": None} | json.loads(saved.read_text())
+              "min_total_steps": None, "pretrain_min_delta": 0.0} | json.loads(saved.read_text())
     changed = [f"{key} was {before.get(key)!r}, now {value!r}" for key, value in json.loads(json.dumps(settings)).items()
-               if key not in FREE_ON_RESUME and before.get(key) != value]
+               if key not in free and before.get(key) != value]
     if changed:
         raise SystemExit(f"the workdir holds runs made with other settings ({'; '.join(changed)}): use another --workdir")
 
@@ -413,7 +418,8 @@ def main() -> None:
         unused = ("workdir", "report_only") + (("real_root",) if args.dataset == "synthetic" else ())
         settings = {k: v for k, v in vars(args).items() if k not in unused} | {
             "hparams": hparams or "paper (hidden 256, 3 layers, 8 heads)", "device": str(resolve_device(args.device))}
-        check_same_settings(work / "settings.json", settings)
+        pretrained = (work / "pretrain" / CARD).is_file()
+        check_same_settings(work / "settings.json", settings, FREE_ON_RESUME + (() if pretrained else PRETRAIN_STOPPING))
         (work / "settings.json").write_text(json.dumps(settings, indent=1))
         try:
             run_all(work, args, hparams)

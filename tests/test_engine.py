@@ -202,3 +202,21 @@ def test_monitor_epoch_keeps_the_last_epoch(tiny_data, tmp_path):
     assert result.fit.best_epoch == 3 == len(result.fit.history)
     last, _, _, _ = load_state(run / RESUME_DIR)
     _assert_same_weights(run, {k: v for k, v in last.items() if k in load_file(str(run / WEIGHTS))})
+
+
+def test_min_delta_stops_a_loss_that_only_creeps_down(tiny_data, tmp_path):
+    """Early stopping with min_delta: only a fall of the pretext loss by more than 90 % since the last
+    progress counts, so a run whose loss still falls stops after `patience` such epochs, while the
+    same run at min_delta 0 goes on; the kept weights are still those of the lowest loss."""
+    creeping = _train_script.train(tiny_data, tmp_path / "creeping", epochs=6, resume=False, patience=2, min_delta=0.9)
+    losses = [row["val_loss"] for row in creeping.fit.history]
+    assert creeping.fit.stopped_early and len(losses) == 3
+    assert min(losses[1:]) > 0.1 * losses[0]                      # no epoch cut the loss tenfold
+    assert creeping.fit.best_epoch == 1 + losses.index(min(losses))
+    plain = _train_script.train(tiny_data, tmp_path / "plain", epochs=6, resume=False, patience=2)
+    assert len(plain.fit.history) > 3
+
+
+def test_min_delta_is_refused_out_of_range(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="min_delta"):
+        _train_script.train(tiny_data, tmp_path / "run", epochs=1, resume=False, min_delta=1.5)

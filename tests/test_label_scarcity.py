@@ -100,7 +100,19 @@ def test_resume_of_a_workdir_made_before_the_dataset_options(bench, tmp_path):
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only", "real_root")}
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps({k: v for k, v in settings.items()
-                                 if k not in ("dataset", "class_weights", "finetune_monitor")}))
-    bench.check_same_settings(saved, settings)
+                                 if k not in ("dataset", "class_weights", "finetune_monitor", "pretrain_min_delta")}))
+    bench.check_same_settings(saved, settings, bench.FREE_ON_RESUME)
     with pytest.raises(SystemExit, match="dataset was 'synthetic'"):
-        bench.check_same_settings(saved, settings | {"dataset": "slovenia"})
+        bench.check_same_settings(saved, settings | {"dataset": "slovenia"}, bench.FREE_ON_RESUME)
+
+
+def test_pretraining_stopping_rule_may_change_until_it_has_finished(bench, tmp_path):
+    """An unfinished pre-training may be resumed with another cap, patience or min_delta (the
+    engine allows it); once finished, its settings are those of the runs made from it."""
+    settings = {k: v for k, v in vars(bench.parse_args([])).items() if k not in ("workdir", "report_only", "real_root")}
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps(settings))
+    longer = settings | {"pretrain_epochs": 60, "pretrain_patience": 8, "pretrain_min_delta": 0.01}
+    bench.check_same_settings(saved, longer, bench.FREE_ON_RESUME + bench.PRETRAIN_STOPPING)
+    with pytest.raises(SystemExit, match="pretrain_min_delta was 0.0, now 0.01"):
+        bench.check_same_settings(saved, longer, bench.FREE_ON_RESUME)

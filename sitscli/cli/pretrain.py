@@ -20,6 +20,9 @@ def pretrain_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the model's paper setting)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step and process."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without progress of the pretext validation loss."),
+    min_delta: Optional[float] = typer.Option(None, "--min-delta", help="Progress = the pretext validation loss falls by more than this share (0.01 = 1 %) "
+                                              "since the last progress (default 0: any fall)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default) | cpu | cuda | cuda:N | mps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed repeats a CPU run exactly."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0)."),
@@ -35,6 +38,7 @@ def pretrain_command(
 
     result = pretrain(out=out, config_file=config_file, resume=resume, overwrite=overwrite,
                       data=str(data) if data else None, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                      patience=patience, min_delta=min_delta,
                       device=device, seed=seed, num_workers=num_workers, modalities=modalities,
                       hparams=key_values(hparam, "--hparam"), pretext=key_values(pretext, "--pretext"))
     finish_run(result, "pretrain")

@@ -91,6 +91,10 @@ class TrainConfig:
     plateau_patience: NonNegative = 3
     grad_clip: Rate | None = 1.0        # max global L2 norm of the gradients (None = off)
     patience: Positive | None = 10      # early stopping on `monitor` (None = off)
+    # early stopping: an epoch is progress only when `monitor` beats its value at the last progress
+    # by more than this share of it (0.01 = 1 %), so that a loss still creeping down by a fraction
+    # of a percent an epoch counts as converged; the best weights are kept on any gain
+    min_delta: Annotated[float, Field(ge=0, lt=1)] = 0.0
     monitor: str = "val_loss"           # a history column: val_loss, val_<metric>, train_loss...; epoch (max) keeps the last
     monitor_mode: Literal["min", "max"] = "min"
     device: str = "auto"
@@ -234,6 +238,7 @@ class _Run:
         self.plotted_at = time.monotonic()
         self.best_metric = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_state, self.bad_epochs = 0, None, 0
+        self.progress_ref = self.best_metric        # `monitor` at the last epoch that counted as progress
         self.stopped_early = self.finished = False
 
     # ---- the loop -------------------------------------------------------------------------
@@ -332,8 +337,10 @@ class _Run:
         value = row[self.monitor]
         improved = value < self.best_metric if self.mode == "min" else value > self.best_metric
         if improved:
-            self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
+            self.best_metric, self.best_epoch = value, self.epoch + 1
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self._is_progress(value):
+            self.progress_ref, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
         self.schedule.end_epoch(value)
@@ -346,7 +353,8 @@ class _Run:
             self._write_history(plot=time.monotonic() - self.plotted_at > 60)
             log(_epoch_line(row, self.epochs, improved))
             if self.stopped_early:
-                log(f"early stop: {self.monitor} has not improved for {self.bad_epochs} epochs (best at epoch {self.best_epoch})")
+                by = f" by more than {self.cfg.min_delta:.3g} of its value" if self.cfg.min_delta else ""
+                log(f"early stop: {self.monitor} has not improved{by} for {self.bad_epochs} epochs (best at epoch {self.best_epoch})")
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
@@ -377,6 +385,11 @@ class _Run:
         description = f"epoch {self.epoch + 1}/{self.epochs}"
         return Progress(steps, description, interval=self.cfg.log_every_s) if self.ctx.is_main else Progress(steps, description, interval=math.inf)
 
+    def _is_progress(self, value: float) -> bool:
+        """`value` beats the last progress by more than `min_delta` of it (any gain at min_delta 0)."""
+        margin = self.cfg.min_delta * abs(self.progress_ref) if math.isfinite(self.progress_ref) else 0.0
+        return value < self.progress_ref - margin if self.mode == "min" else value > self.progress_ref + margin
+
     # ---- state -----------------------------------------------------------------------------
     def _save(self) -> None:
         rngs = distributed.gather(rng_state(), self.ctx)  # every rank's generators, for an exact resume
@@ -385,7 +398,7 @@ class _Run:
         meta = {
             "epoch": self.epoch, "samples_done": self.samples_done, "epoch_seconds": self.epoch_seconds,
             "batch_size": self.batch_size, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "finished": self.finished,
+            "bad_epochs": self.bad_epochs, "progress_ref": self.progress_ref, "stopped_early": self.stopped_early, "finished": self.finished,
             "history": self.history, "train_mean": {"sums": self.train_mean.sums, "count": self.train_mean.count},
             "schedule": self.schedule.state_dict(), "rng": rngs, "world_size": self.ctx.world_size,
             "config": dataclasses.asdict(self.cfg),
@@ -415,6 +428,8 @@ class _Run:
         self.epoch, self.samples_done, self.epoch_seconds = meta["epoch"], meta["samples_done"], meta["epoch_seconds"]
         self.batch_size, self.history = meta["batch_size"], meta["history"]
         self.best_metric, self.best_epoch, self.bad_epochs = meta["best_metric"], meta["best_epoch"], meta["bad_epochs"]
+        # a state saved before min_delta existed counted progress on any gain: from the best value
+        self.progress_ref = meta.get("progress_ref", self.best_metric)
         self.stopped_early, self.finished = meta["stopped_early"], meta["finished"]
         self.train_mean = _Mean(**meta["train_mean"])
         if meta["world_size"] == self.ctx.world_size:
