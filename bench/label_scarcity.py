@@ -1,13 +1,15 @@
-"""SITS-BERT with few labels: pre-trained on unlabelled pixels, then fine-tuned, against from scratch and a random forest.
+"""SITS-BERT and ALISE with few labels: pre-trained on unlabelled data, then tuned, against from scratch and a random forest.
 
     python bench/label_scarcity.py --workdir DIR [--dataset synthetic|slovenia] [--size 512] [--levels 5,10,20,50] [--seeds 0,1,2]
-        [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf] [--small]
+        [--arms sitsbert_full,sitsbert_lora,sitsbert_frozen,sitsbert_scratch,rf,alise_probe,alise_full,alise_scratch] [--small]
         [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
         [--finetune-patience N] [--min-steps-per-epoch N] [--min-total-steps N] [--labelled-pixels N] [--class-weights none|balanced]
-        [--finetune-monitor val_oa|val_loss] [--threads N] [--report-only]
+        [--finetune-monitor val_oa|val_loss] [--patch-size 64] [--alise-pretrain-epochs N] [--alise-pretrain-patience N]
+        [--alise-batch-size N] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
-accuracy reached with few labels. Steps:
+accuracy reached with few labels; ALISE (Dumeur et al. 2024, a patch model) makes the same claim
+with its linear probe. Steps:
 1. The scene prepared in pixel mode by `prepare_s2` (`full.sits`), once (`--dataset`):
    - synthetic: `write_synthetic` (one agronomic year), `--pixels-per-parcel` pixels of each
      parcel. The parcels tile the whole scene, so there is no pool of pixels outside them
@@ -37,14 +39,41 @@ accuracy reached with few labels. Steps:
    - rf: the random forest baseline (iota2 / Pelletier et al. 2016).
    Fine-tuning settings are the model's (batch size, learning rate); epochs: the paper's 100 from
    the pre-trained encoder and 300 from scratch, or `--finetune-epochs` / `--scratch-epochs`.
+4. ALISE arms (`--dataset synthetic` only): the same synthetic folder, written once, is also cut
+   into `--patch-size` patches (`patches.sits`, `prepare_s2` in patch mode, same data seed). ALISE
+   is pre-trained once on its train, val-watched and unlabelled patches, labels ignored (prepare
+   gives each patch the split of the polygon covering most of it; test patches are never read, but
+   test parcels' imagery may lie, unlabelled, in the others: the pixel pool leaves test pixels out
+   entirely), to convergence: `--alise-pretrain-epochs` caps the epochs (the paper: 260) and
+   `--alise-pretrain-patience` stops when its pretext validation loss no longer improves; the rest
+   is the paper's optimisation; resumed like SITS-BERT's. For each level and seed, the patch copy
+   (`patches.sits` beside `data.sits`, `patch_copy`) labels exactly the labelled pixels of the
+   pixel copy, found by their coordinates: the same drawn parcels, the same `--labelled-pixels`
+   pixels of each, the same val pixels and the same test pixels (`--pixels-per-parcel` of each
+   test parcel); every other pixel of a label raster is -1. A patch holding labelled pixels of
+   several splits is stored once per split, each copy labelled with that split's pixels only, so
+   the splits follow full.sits's parcels whatever the patch majorities. Arms:
+   - alise_probe: the linear probe of workflows/probe.py (frozen encoder + one linear layer on each
+     pixel's n_q x d_model vector, Adam 1e-4, ReduceLROnPlateau, early-stopping patience 25);
+   - alise_full: every weight of the pre-trained ALISE and the linear layer trains;
+   - alise_scratch: the same classifier from random weights.
+   Optimisation: the engine's defaults (ALISE's module gives none for fine-tuning), batches of
+   `--alise-batch-size` patches; the fine-tuning flags apply as to the SITS-BERT arms
+   (`--finetune-epochs` to probe and full, `--scratch-epochs` to scratch, `--finetune-patience`,
+   `--min-steps-per-epoch`, `--min-total-steps`, `--class-weights`, `--finetune-monitor`), and
+   given, override the probe's settings. What is scored: `finetune`'s test metrics count every labelled
+   pixel of the test patches (the loss and the metrics leave -1 out), so an ALISE arm's test OA is
+   over the very pixels a pixel arm's is, and the two are comparable; `val_oa`, which picks the
+   epoch, weights patches (see workflows/finetune.py). `--small` shrinks ALISE to ALISE_SMALL.
 
 Everything lives in `--workdir`: the scene and datasets are made once, a finished run (its
 `model.yaml`) is skipped, so a killed benchmark continues where it stopped (an interrupted
 pre-training resumes from its last epoch). `--report-only` rebuilds the table from the finished runs.
 
 Prints one JSON document (also written to WORKDIR/report.json): per arm and level the mean/std
-test OA and macro-F1 over seeds, the gain of each pre-trained arm over scratch, the pre-training's
-final pretext losses, and the settings (what was reduced from the paper's).
+test OA and macro-F1 over seeds, the gain of each pre-trained arm over its model's scratch arm
+(sitsbert_scratch, alise_scratch), both pre-trainings' final pretext losses (`pretraining`,
+`pretraining_alise`), and the settings (what was reduced from the paper's).
 """
 
 from __future__ import annotations
@@ -93,7 +122,7 @@ ALISE_ARMS = [arm for arm in ARMS if arm.startswith("alise_")]
 # settings a resumed benchmark may change: which runs to make and where; the others must match the saved ones
 FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
 # settings of the ALISE arms only: a workdir saved before them holds no ALISE run to disagree with
-ALISE_SETTINGS = ("patch_size", "alise_pretrain_epochs", "alise_pretrain_patience", "alise_hparams")
+ALISE_SETTINGS = ("patch_size", "alise_pretrain_epochs", "alise_pretrain_patience", "alise_batch_size", "alise_hparams")
 # ALISE's patches: 64 x 64, the paper's pre-training crops (Table I)
 PATCH_SIZE = 64
 SLOVENIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "slovenia-s2-ndvi"
@@ -212,7 +241,8 @@ def make_patches(work: Path, args: argparse.Namespace) -> Path:
     return patches
 
 
-def pixel_places(xy: np.ndarray, patch_xy: np.ndarray, transform, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pixel_places(xy: np.ndarray, patch_xy: np.ndarray, transform,
+                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where pixels lie among patches: (patch index (n,), row (n,), col (n,) within it) of the pixel
     centres `xy` (n, 2), from the patch centres `patch_xy` (m, 2) that prepare stores and the grid's
     affine `transform`. A pixel of no stored patch is an error."""
@@ -359,6 +389,8 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
                     {"hparams": hparams, "epochs": args.scratch_epochs})
     if arm == "sitsbert_lora":
         options["lr"] = args.lora_lr
+    if arm in ALISE_ARMS:
+        options["batch_size"] = args.alise_batch_size
     print(f"[label_scarcity] {out.parent.name} {arm}", file=sys.stderr, flush=True)
     # the probe's settings are defaults under these flags: only those given (not None) override them
     train = probe if arm == "alise_probe" else finetune
@@ -506,6 +538,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alise-pretrain-patience", type=int, default=None,
                         help="stop ALISE's pre-training when its pretext validation loss has not improved for N "
                              "epochs (default: the paper's, none)")
+    parser.add_argument("--alise-batch-size", type=int, default=None,
+                        help="ALISE arms' fine-tuning batch, in patches (default: the engine's 128; a copy holds few "
+                             "labelled patches, and --min-steps-per-epoch does not shrink a batch below 32)")
     parser.add_argument("--small", action="store_true",
                         help=f"SITS-BERT hidden/layers/heads {SMALL}; ALISE {ALISE_SMALL}")
     parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")

@@ -1,4 +1,4 @@
-"""bench/label_scarcity.py: the few-label copies of the real Slovenia scene and the ALISE arms' patch copies (issue 11)."""
+"""bench/label_scarcity.py: the few-label copies of the Slovenia scene, the ALISE arms' patch copies (issue 11)."""
 
 from __future__ import annotations
 
