@@ -5,7 +5,7 @@
         [--pretrain-epochs N] [--pretrain-patience N] [--finetune-epochs N] [--scratch-epochs N]
         [--finetune-patience N] [--min-steps-per-epoch N] [--min-total-steps N] [--labelled-pixels N] [--class-weights none|balanced]
         [--finetune-monitor val_oa|val_loss] [--patch-size 64] [--alise-pretrain-epochs N] [--alise-pretrain-patience N]
-        [--alise-batch-size N] [--threads N] [--report-only]
+        [--alise-batch-size N] [--alise-lr LR] [--threads N] [--report-only]
 
 The SITS-BERT paper's central claim: self-supervised pre-training on unlabelled pixels raises the
 accuracy reached with few labels; ALISE (Dumeur et al. 2024, a patch model) makes the same claim
@@ -52,19 +52,22 @@ with its linear probe. Steps:
    pixels of each, the same val pixels and the same test pixels (`--pixels-per-parcel` of each
    test parcel); every other pixel of a label raster is -1. A patch holding labelled pixels of
    several splits is stored once per split, each copy labelled with that split's pixels only, so
-   the splits follow full.sits's parcels whatever the patch majorities. Arms:
+   the splits follow full.sits's parcels whatever the patch majorities (prepare_s2 splits the
+   polygons alike in both modes for one seed, but in patch mode labels a parcel only in patches of
+   its split: on a 64 px scene, 111 of full.sits's 170 test pixels were unlabelled there). Arms:
    - alise_probe: the linear probe of workflows/probe.py (frozen encoder + one linear layer on each
      pixel's n_q x d_model vector, Adam 1e-4, ReduceLROnPlateau, early-stopping patience 25);
    - alise_full: every weight of the pre-trained ALISE and the linear layer trains;
    - alise_scratch: the same classifier from random weights.
    Optimisation: the engine's defaults (ALISE's module gives none for fine-tuning), batches of
-   `--alise-batch-size` patches; the fine-tuning flags apply as to the SITS-BERT arms
-   (`--finetune-epochs` to probe and full, `--scratch-epochs` to scratch, `--finetune-patience`,
-   `--min-steps-per-epoch`, `--min-total-steps`, `--class-weights`, `--finetune-monitor`), and
-   given, override the probe's settings. What is scored: `finetune`'s test metrics count every labelled
-   pixel of the test patches (the loss and the metrics leave -1 out), so an ALISE arm's test OA is
-   over the very pixels a pixel arm's is, and the two are comparable; `val_oa`, which picks the
-   epoch, weights patches (see workflows/finetune.py). `--small` shrinks ALISE to ALISE_SMALL.
+   `--alise-batch-size` patches, full and scratch at `--alise-lr`; the fine-tuning flags apply as
+   to the SITS-BERT arms (`--finetune-epochs` to probe and full, `--scratch-epochs` to scratch,
+   `--finetune-patience`, `--min-steps-per-epoch`, `--min-total-steps`, `--class-weights`,
+   `--finetune-monitor`) and, given, override the probe's settings. What is scored: `finetune`'s
+   test metrics count every labelled pixel of the test patches (the loss and the metrics leave -1
+   out), so an ALISE arm's test OA is over the very pixels a pixel arm's is, and the two are
+   comparable; `val_oa`, which picks the epoch, weights patches (see workflows/finetune.py).
+   `--small` shrinks ALISE to ALISE_SMALL.
 
 Everything lives in `--workdir`: the scene and datasets are made once, a finished run (its
 `model.yaml`) is skipped, so a killed benchmark continues where it stopped (an interrupted
@@ -122,7 +125,8 @@ ALISE_ARMS = [arm for arm in ARMS if arm.startswith("alise_")]
 # settings a resumed benchmark may change: which runs to make and where; the others must match the saved ones
 FREE_ON_RESUME = ("arms", "levels", "seeds", "threads", "device")
 # settings of the ALISE arms only: a workdir saved before them holds no ALISE run to disagree with
-ALISE_SETTINGS = ("patch_size", "alise_pretrain_epochs", "alise_pretrain_patience", "alise_batch_size", "alise_hparams")
+ALISE_SETTINGS = ("patch_size", "alise_pretrain_epochs", "alise_pretrain_patience", "alise_batch_size", "alise_lr",
+                  "alise_hparams")
 # ALISE's patches: 64 x 64, the paper's pre-training crops (Table I)
 PATCH_SIZE = 64
 SLOVENIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "slovenia-s2-ndvi"
@@ -391,6 +395,8 @@ def train_arm(arm: str, out: Path, data: Path, pretrained_run: Path | None, seed
         options["lr"] = args.lora_lr
     if arm in ALISE_ARMS:
         options["batch_size"] = args.alise_batch_size
+    if arm in ("alise_full", "alise_scratch"):
+        options["lr"] = args.alise_lr
     print(f"[label_scarcity] {out.parent.name} {arm}", file=sys.stderr, flush=True)
     # the probe's settings are defaults under these flags: only those given (not None) override them
     train = probe if arm == "alise_probe" else finetune
@@ -541,6 +547,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alise-batch-size", type=int, default=None,
                         help="ALISE arms' fine-tuning batch, in patches (default: the engine's 128; a copy holds few "
                              "labelled patches, and --min-steps-per-epoch does not shrink a batch below 32)")
+    parser.add_argument("--alise-lr", type=float, default=None,
+                        help="alise_full and alise_scratch's lr (default: the engine's 1e-4; the probe keeps its own)")
     parser.add_argument("--small", action="store_true",
                         help=f"SITS-BERT hidden/layers/heads {SMALL}; ALISE {ALISE_SMALL}")
     parser.add_argument("--threads", type=int, default=1, help="torch and random-forest threads")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sitscli.core.config import load_yaml
 from sitscli.data.prepared import open_prepared
 from sitscli.data.splits import TEST, TRAIN, UNLABELED, VAL
 
@@ -111,7 +112,7 @@ ALISE_TINY = {"d_model": 8, "layers": 1, "heads": 2, "d_ff": 16, "n_q": 2, "proj
               "unet_widths": [4, 4, 8, 8], "dropout": 0.0, "run_length": 8, "crop": 16}
 TINY_RUN = ["--size", "32", "--patch-size", "16", "--levels", "2", "--seeds", "3", "--pixels-per-parcel", "10",
             "--labelled-pixels", "3", "--val-parcels-per-class", "1", "--arms", "alise_probe,alise_scratch", "--small",
-            "--alise-pretrain-epochs", "1", "--finetune-epochs", "1", "--scratch-epochs", "1"]
+            "--alise-pretrain-epochs", "1", "--finetune-epochs", "1", "--scratch-epochs", "1", "--alise-lr", "0.003"]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def labelled_places(d: dict, transform, size: int) -> dict[tuple, tuple]:
 
 def test_tiny_run_reports_the_alise_arms(tiny_run):
     """The report holds both arms at the level, scored on the test pixels of the pixel copy, and the
-    probe's gain over scratch; ALISE was pre-trained once."""
+    probe's gain over scratch; ALISE was pre-trained once; --alise-lr trains scratch, not the probe."""
     report = json.loads((tiny_run / "report.json").read_text())
     assert set(report["results"]) == {"alise_probe", "alise_scratch"}
     assert report["results"]["alise_probe"]["2"]["seeds"] == [3]
@@ -150,6 +151,9 @@ def test_tiny_run_reports_the_alise_arms(tiny_run):
     for arm in ("alise_probe", "alise_scratch"):
         metrics = json.loads((tiny_run / "runs" / "parcels002_seed3" / arm / "metrics.json").read_text())
         assert metrics["split"] == "test" and metrics["samples"] == tested > 0
+    lr = {arm: load_yaml(tiny_run / "runs" / "parcels002_seed3" / arm / "config.yaml")["lr"]
+          for arm in ("alise_probe", "alise_scratch")}
+    assert lr == {"alise_probe": 1e-4, "alise_scratch": 0.003}
 
 
 def test_patch_copy_labels_the_pixel_copy_pixels(bench, tiny_run):
