@@ -1,4 +1,4 @@
-"""bench/label_scarcity.py: the few-label copies of the real Slovenia scene (issue 11)."""
+"""bench/label_scarcity.py: the few-label copies of the Slovenia scene, the ALISE arms' patch copies (issue 11)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sitscli.core.config import load_yaml
 from sitscli.data.prepared import open_prepared
 from sitscli.data.splits import TEST, TRAIN, UNLABELED, VAL
 
@@ -113,6 +114,104 @@ def test_pretraining_stopping_rule_may_change_until_it_has_finished(bench, tmp_p
     saved = tmp_path / "settings.json"
     saved.write_text(json.dumps(settings))
     longer = settings | {"pretrain_epochs": 60, "pretrain_patience": 8, "pretrain_min_delta": 0.01}
-    bench.check_same_settings(saved, longer, bench.FREE_ON_RESUME + bench.PRETRAIN_STOPPING)
+    bench.check_same_settings(saved, longer, bench.FREE_ON_RESUME + bench.PRETRAIN_STOPPING["pretrain"])
     with pytest.raises(SystemExit, match="pretrain_min_delta was 0.0, now 0.01"):
         bench.check_same_settings(saved, longer, bench.FREE_ON_RESUME)
+
+
+# ALISE small enough for a 32 px scene of 16 px patches in seconds
+ALISE_TINY = {"d_model": 8, "layers": 1, "heads": 2, "d_ff": 16, "n_q": 2, "proj_heads": 2, "d_emb": 8,
+              "unet_widths": [4, 4, 8, 8], "dropout": 0.0, "run_length": 8, "crop": 16}
+TINY_RUN = ["--size", "32", "--patch-size", "16", "--levels", "2", "--seeds", "3", "--pixels-per-parcel", "10",
+            "--labelled-pixels", "3", "--val-parcels-per-class", "1", "--arms", "alise_probe,alise_scratch", "--small",
+            "--alise-pretrain-epochs", "1", "--finetune-epochs", "1", "--scratch-epochs", "1", "--alise-lr", "0.003"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(bench, tmp_path_factory) -> Path:
+    """One level (2 parcels per class), one seed, the two ALISE arms, one epoch of everything."""
+    work = tmp_path_factory.mktemp("scarcity")
+    original = bench.ALISE_SMALL
+    bench.ALISE_SMALL = ALISE_TINY
+    try:
+        bench.main(["--workdir", str(work), *TINY_RUN])
+    finally:
+        bench.ALISE_SMALL = original
+    return work
+
+
+def labelled_places(d: dict, transform, size: int) -> dict[tuple, tuple]:
+    """(x, y) of every labelled pixel of a patch store -> (class, split), from each patch's centre."""
+    a, e = transform.a, transform.e
+    n, r, c = np.nonzero(d["y"] >= 0)
+    x = d["xy"][n, 0] + (c - size / 2 + 0.5) * a
+    y = d["xy"][n, 1] + (r - size / 2 + 0.5) * e
+    return {(round(float(u), 3), round(float(v), 3)): (int(k), int(s))
+            for u, v, k, s in zip(x, y, d["y"][n, r, c], d["split"][n])}
+
+
+def test_tiny_run_reports_the_alise_arms(tiny_run):
+    """The report holds both arms at the level, scored on the test pixels of the pixel copy, and the
+    probe's gain over scratch; ALISE was pre-trained once; --alise-lr trains scratch, not the probe."""
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert set(report["results"]) == {"alise_probe", "alise_scratch"}
+    assert report["results"]["alise_probe"]["2"]["seeds"] == [3]
+    assert set(report["gain_pretrained_minus_scratch"]) == {"alise_probe"}
+    assert report["pretraining_alise"]["epochs_run"] == 1 and report["pretraining"] is None
+    pixels = everything(tiny_run / "runs" / "parcels002_seed3" / "data.sits")
+    tested = int(((pixels["split"] == TEST) & (pixels["y"] >= 0)).sum())
+    for arm in ("alise_probe", "alise_scratch"):
+        metrics = json.loads((tiny_run / "runs" / "parcels002_seed3" / arm / "metrics.json").read_text())
+        assert metrics["split"] == "test" and metrics["samples"] == tested > 0
+    lr = {arm: load_yaml(tiny_run / "runs" / "parcels002_seed3" / arm / "config.yaml")["lr"]
+          for arm in ("alise_probe", "alise_scratch")}
+    assert lr == {"alise_probe": 1e-4, "alise_scratch": 0.003}
+
+
+def test_patch_copy_labels_the_pixel_copy_pixels(bench, tiny_run):
+    """The patch copy of a level/seed labels exactly the pixel copy's labelled pixels (same place,
+    class and split): train labels on the drawn parcels only, `--labelled-pixels` of each."""
+    folder = tiny_run / "runs" / "parcels002_seed3"
+    pixels, patches = everything(folder / "data.sits"), everything(folder / "patches.sits")
+    transform = bench.grid_transform(tiny_run)
+    labelled = pixels["y"] >= 0
+    expected = {(round(float(u), 3), round(float(v), 3)): (int(k), int(s))
+                for (u, v), k, s in zip(pixels["xy"][labelled], pixels["y"][labelled], pixels["split"][labelled])}
+    assert labelled_places(patches, transform, 16) == expected
+    full = everything(tiny_run / "full.sits")
+    drawn = bench.keep_groups(full["group"], full["y"], full["split"] == TRAIN, 2, np.random.default_rng(3))
+    train = labelled & (pixels["split"] == TRAIN)
+    assert set(np.unique(pixels["group"][train]).tolist()) == set(drawn.tolist())
+    in_full = np.bincount(full["group"], minlength=full["group"].max() + 1)[drawn]
+    np.testing.assert_array_equal(np.bincount(pixels["group"][train], minlength=full["group"].max() + 1)[drawn],
+                                  np.minimum(3, in_full))
+    assert set(np.unique(patches["split"]).tolist()) <= {TRAIN, VAL, TEST}
+
+
+def test_prepare_splits_polygons_alike_in_both_modes(bench, tiny_run):
+    """prepare_s2 with the same seed: a labelled pixel of patches.sits is in the split full.sits gives
+    its parcel (the patch copies do not rely on it: they take full.sits's labels)."""
+    full, patches = everything(tiny_run / "full.sits"), everything(tiny_run / "patches.sits")
+    patch, row, col = bench.pixel_places(full["xy"], patches["xy"], bench.grid_transform(tiny_run), 16)
+    in_patch = patches["y"][patch, row, col]
+    seen = in_patch >= 0
+    assert seen.any()
+    np.testing.assert_array_equal(patches["split"][patch][seen], full["split"][seen])
+    np.testing.assert_array_equal(in_patch[seen], full["y"][seen])
+
+
+def test_alise_arms_refused_on_slovenia(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dataset", "slovenia", "--arms", "rf,alise_full"])
+
+
+def test_resume_of_a_workdir_made_before_the_alise_arms(bench, tmp_path):
+    """A workdir saved without the ALISE options resumes with them; a changed SITS-BERT option still refuses."""
+    args = bench.parse_args(["--arms", "alise_full", "--patch-size", "32"])
+    settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "report_only", "real_root")}
+    settings["alise_hparams"] = bench.ALISE_SMALL
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps({k: v for k, v in settings.items() if k not in bench.ALISE_SETTINGS}))
+    bench.check_same_settings(saved, settings, bench.FREE_ON_RESUME)
+    with pytest.raises(SystemExit, match="size was 256"):
+        bench.check_same_settings(saved, settings | {"size": 512}, bench.FREE_ON_RESUME)
