@@ -29,7 +29,7 @@ _sits_words() {
         "sits prepare synthetic") words="--out -o --layout --size --seed --difficulty --years --zipped --no-zipped --baseline --workers --sensors --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare table") words="--out -o --layout --id-col --date-col --label-col --band-cols --lon-col --lat-col --code-col --code-field --colors --fractions --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits prepare timesen2crop") words="--out -o --val-tiles --test-tiles --seed --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
-        "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --device --seed --num-workers --hparam --pretext --modalities --resume --overwrite --config --help -h"; subs="" ;;
+        "sits pretrain") words="--model -m --out -o --epochs --batch-size --lr --patience --min-delta --device --seed --num-workers --hparam --pretext --modalities --resume --overwrite --config --help -h"; subs="" ;;
         "sits probe") words="--from --out -o --class-weights --eval-date-shift --modalities --epochs --batch-size --lr --patience --device --seed --num-workers --resume --overwrite --config --json --help -h"; subs="" ;;
         "sits smooth") words="--out -o --class-map --window --neigh-fraction --smoothness --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;
         "sits uncertainty") words="--out -o --type --dtype --suggest --min-distance --suggest-out --block --cog --no-cog --compress --resume --no-resume --overwrite --no-overwrite --config --json --help -h"; subs="" ;;

@@ -218,6 +218,8 @@ complete -c sits -n '__fish_seen_subcommand_from pretrain' -l out -s o -rF -d 'R
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l epochs -rF -d 'Training epochs (default: the model\'s paper setting).'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l batch-size -rF -d 'Samples per step and process.'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l lr -rF -d 'Peak learning rate.'
+complete -c sits -n '__fish_seen_subcommand_from pretrain' -l patience -rF -d 'Stop after this many epochs without progress of the pretext validation loss.'
+complete -c sits -n '__fish_seen_subcommand_from pretrain' -l min-delta -rF -d 'Progress = the pretext validation loss falls by more than this share (0.01 = 1 %) since the last progress (default 0: any fall).'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l device -rF -d 'auto (default) | cpu | cuda | cuda:N | mps.'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l seed -rF -d 'Random seed: the same seed repeats a CPU run exactly.'
 complete -c sits -n '__fish_seen_subcommand_from pretrain' -l num-workers -rF -d 'DataLoader worker processes (default 0).'

@@ -95,8 +95,18 @@ def _sitsbert_csv(path: Path, rows: int = 40, steps: int = 5) -> Path:
     return path
 
 
+@pytest.fixture
+def sigint_handled():
+    """SIGINT at Python's default handler: a shell starts background jobs (`make test &`) with SIGINT
+    ignored, which the CLI rightly keeps (engine/signals.py), and a Ctrl-C test would then see nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, INTERRUPTED_EXIT_CODE), (signal.SIGINT, 130)])
-def test_a_signal_during_prepare_leaves_nothing_and_says_so_in_one_line(signum, code, tmp_path, monkeypatch, capsys):
+def test_a_signal_during_prepare_leaves_nothing_and_says_so_in_one_line(signum, code, tmp_path, monkeypatch, capsys,
+                                                                       sigint_handled):
     from sitscli.data import prepared
 
     csv = _sitsbert_csv(tmp_path / "train.csv")
