@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -91,6 +92,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import scipy.stats
 import torch
 
 from sitscli.data.prepared import SPLIT_CODES, PreparedWriter, open_prepared
@@ -452,18 +454,32 @@ def score(rows: list[dict]) -> dict:
                      "best_epoch_per_seed": [r["best_epoch"] for r in rows]}
 
 
+def paired_gain(differences: list[float]) -> dict:
+    """Mean of per-seed differences (pre-trained - scratch), their sample std, the 95 % t interval of
+    the mean (None from a single seed) and how many seeds gained: a gain is clear when the interval
+    stays above 0."""
+    mean = statistics.fmean(differences)
+    summary = {"mean": round(mean, 4), "per_seed": [round(d, 4) for d in differences],
+               "seeds_gaining": sum(d > 0 for d in differences), "std": None, "ci95": None}
+    if len(differences) > 1:
+        std = statistics.stdev(differences)
+        half = scipy.stats.t.ppf(0.975, len(differences) - 1) * std / math.sqrt(len(differences))
+        summary |= {"std": round(std, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+    return summary
+
+
 def gains(runs: dict[str, dict[int, list[dict]]]) -> dict[str, dict[int, dict]]:
-    """Mean OA / macro-F1 of each pre-trained arm minus its model's scratch arm, per level, over the
-    seeds both finished."""
+    """OA / macro-F1 of each pre-trained arm minus its model's scratch arm, paired by seed (the seed
+    draws the labelled parcels), per level, over the seeds both finished."""
     out: dict[str, dict[int, dict]] = {}
     for arm in PRETRAINED_ARMS:
         for level, rows in sorted(runs.get(arm, {}).items()):
             scratch = {r["seed"]: r for r in runs.get(f"{model_of(arm)}_scratch", {}).get(level, [])}
-            paired = [(r, scratch[r["seed"]]) for r in rows if r["seed"] in scratch]
+            paired = sorted(((r, scratch[r["seed"]]) for r in rows if r["seed"] in scratch), key=lambda p: p[0]["seed"])
             if paired:
                 out.setdefault(arm, {})[level] = {
-                    key: round(statistics.fmean(r[key] - s[key] for r, s in paired), 4) for key in ("oa", "macro_f1")
-                } | {"seeds": sorted(r["seed"] for r, _ in paired)}
+                    key: paired_gain([r[key] - s[key] for r, s in paired]) for key in ("oa", "macro_f1")
+                } | {"seeds": [r["seed"] for r, _ in paired]}
     return out
 
 

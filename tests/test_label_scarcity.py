@@ -86,6 +86,20 @@ def test_labelled_pixels_drawn_at_random_in_the_parcel(bench):
     np.testing.assert_array_equal(bench.some_pixels(group, 80, np.random.default_rng(0)), np.ones(200, bool))
 
 
+def test_gain_is_paired_by_seed_with_its_interval(bench):
+    """Differences are taken seed by seed (same parcels); the 95 % t interval of 3 seeds is
+    mean +- 4.303 sd / sqrt(3); a lone seed has no interval."""
+    runs = {"sitsbert_full": {5: [{"seed": s, "oa": oa, "macro_f1": oa} for s, oa in [(0, 0.80), (1, 0.85), (2, 0.90)]]},
+            "sitsbert_scratch": {5: [{"seed": s, "oa": oa, "macro_f1": oa} for s, oa in [(2, 0.88), (0, 0.70), (1, 0.80)]]}}
+    gain = bench.gains(runs)["sitsbert_full"][5]
+    assert gain["seeds"] == [0, 1, 2]
+    assert gain["oa"]["per_seed"] == [0.1, 0.05, 0.02]
+    assert gain["oa"]["seeds_gaining"] == 3
+    half = 4.3027 * 0.0404 / 3 ** 0.5
+    assert gain["oa"]["ci95"] == pytest.approx([0.0567 - half, 0.0567 + half], abs=2e-4)
+    assert bench.paired_gain([0.03])["ci95"] is None
+
+
 def test_dataset_defaults(bench):
     """The levels and val/labelled sizes follow the scene unless given."""
     args = bench.parse_args(["--dataset", "slovenia"])
