@@ -159,6 +159,24 @@ def test_the_kept_best_epoch_is_logged(tiny_data, tmp_path, capsys):
     assert f"kept the weights of the best epoch, {result.fit.best_epoch} of 2 (val_loss " in capsys.readouterr().err
 
 
+def test_a_best_epoch_at_the_end_of_the_budget_is_flagged():
+    from sitscli.engine.trainer import still_improving
+    assert still_improving(112, 112, "val_oa", False) and still_improving(111, 112, "val_oa", False)
+    assert still_improving(96, 100, "val_loss", False) and not still_improving(95, 100, "val_loss", False)
+    assert not still_improving(106, 112, "val_oa", False)          # 5 % of 112 is 6 epochs: 107-112
+    assert not still_improving(20, 20, "val_loss", True)            # stopped early: it had stopped improving
+    assert not still_improving(100, 100, "epoch", False)            # the last epoch is what is kept
+    assert not still_improving(5, 5, "val_loss", False)             # too short to tell
+
+
+def test_an_under_trained_run_says_so(tiny_data, tmp_path, capsys):
+    """lr 1e-6 for 10 epochs: the validation loss still falls at the end, and the log says what to try."""
+    result = _train_script.train(tiny_data, tmp_path / "run", epochs=10, resume=False, lr=1e-6)
+    err = capsys.readouterr().err
+    assert result.fit.best_epoch >= 9
+    assert "was still improving when training ended" in err and "--epochs" in err
+
+
 def test_min_total_steps_raises_the_epochs_on_small_data_only():
     from sitscli.engine.trainer import planned_epochs
     assert planned_epochs(100, 112, 32, 3200) == 800             # 4 steps an epoch -> 800 epochs

@@ -458,6 +458,9 @@ class _Run:
             if self.best_state is not None:
                 log(f"kept the weights of the best epoch, {self.best_epoch} of {len(self.history)} "
                     f"({self.monitor} {self.best_metric:.4g})")
+                if still_improving(self.best_epoch, len(self.history), self.monitor, self.stopped_early):
+                    log(f"note: {self.monitor} was still improving when training ended (best at epoch {self.best_epoch} "
+                        f"of {len(self.history)}): the run may be under-trained; more --epochs or a higher --lr may do better")
             self._write_history()
         return FitResult(self.best_epoch, self.best_metric, list(self.history), self.stopped_early, interrupted=False,
                          planned_epochs=self.epochs)
@@ -477,6 +480,14 @@ class _Run:
         if self.history and plot:
             plot_curves(self.history, self.run_dir / "curves.png", best_epoch=self.best_epoch)
             self.plotted_at = time.monotonic()
+
+
+def still_improving(best_epoch: int, epochs_run: int, monitor: str, stopped_early: bool) -> bool:
+    """Whether a run that used its whole budget had its best epoch among the last 5 % (at least the
+    last 2) of at least 10: a sign of under-training. Not asked of a monitor that is the epoch itself."""
+    if stopped_early or monitor == "epoch" or epochs_run < 10:
+        return False
+    return best_epoch > epochs_run - max(2, math.ceil(0.05 * epochs_run))
 
 
 def _check_config(cfg: TrainConfig, train_set, val_set, ctx: DistContext) -> None:
