@@ -14,7 +14,9 @@ Prints one JSON document on stdout: per model the mean and standard deviation ov
 test OA, macro-F1, training time (s, wall time of the `finetune` call: training, validation,
 final evaluation and saving), inference samples/s, and the parameter count; what was reduced is
 written under "settings". A readable table goes to stderr. A model that fails is reported with
-its error and does not stop the others. Patch models (alise) take another dataset kind and are
+its error and does not stop the others. A signal that stops a training (SIGTERM, SIGUSR1: a job's
+wall time) ends the benchmark with the runs finished so far in the JSON, `interrupted` saying where,
+and exit code 75. Patch models (alise) take another dataset kind and are
 left out of the default list.
 """
 
@@ -58,6 +60,15 @@ SMALL_HPARAMS: dict[str, dict] = {
     "mtan-mlp": {"mlp": [64, 64]},
 }
 INFERENCE_BATCH = 256
+INTERRUPTED_EXIT_CODE = 75      # the engine's: a signal stopped the run
+
+
+class Interrupted(Exception):
+    """A signal stopped a training: `results` holds the summaries of what had finished before."""
+
+    def __init__(self, message: str, results: dict | None = None):
+        super().__init__(message)
+        self.results = results or {}
 
 
 def default_models() -> list[str]:
@@ -74,7 +85,7 @@ def train_once(data: str, model: str, seed: int, out: Path, *, epochs: int | Non
     result = finetune(out=out, overwrite=True, **{k: v for k, v in flags.items() if v is not None})
     train_s = time.perf_counter() - start
     if result.fit.interrupted:   # SIGTERM/SIGUSR1: the engine saved a resumable state; stop the benchmark
-        raise SystemExit(f"interrupted during {model} seed {seed}")
+        raise Interrupted(f"interrupted during {model} seed {seed}")
     report = result.report
     row = {"oa": report["oa"], "macro_f1": report["macro_f1"], "train_s": train_s,
            "best_epoch": result.fit.best_epoch, "split": report["split"]}
@@ -136,6 +147,10 @@ def run_all(data: str, models: list[str], seeds: list[int], out: Path, *, epochs
                 rows.append(train_once(data, model, seed, out / model / f"seed{seed}", epochs=epochs,
                                        batch_size=batch_size, hparams=SMALL_HPARAMS.get(model, {}) if small else {},
                                        device=device, eval_date_shift=eval_date_shift))
+            except Interrupted as stop:   # keep what finished, the interrupted model's finished seeds too
+                if rows:
+                    results[model] = summarise(rows)
+                raise Interrupted(str(stop), results) from None
             except Exception as exc:  # a benchmark reports a failing model and goes on with the others
                 traceback.print_exc(file=sys.stderr)
                 rows.append({"error": f"{type(exc).__name__}: {exc}"})
@@ -174,7 +189,7 @@ def parse_ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="a prepared dataset (NAME.sits) with train and test splits")
     parser.add_argument("--models", default=None, help="comma-separated models (default: every pixel classifier)")
@@ -186,20 +201,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 gives steadier times on a shared machine")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder, removed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     models = args.models.split(",") if args.models else default_models()
     data = str(Path(open_prepared(args.data).path).resolve())
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sits_compare_"))
+    interrupted = None
     try:
         results = run_all(data, models, args.seeds, out, epochs=args.epochs, batch_size=args.batch_size,
                           small=args.small, device=args.device)
+    except Interrupted as stop:
+        results, interrupted = stop.results, f"{stop}: the results are those finished before; --models gives the others"
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
     print_table(results)
-    print(json.dumps({"benchmark": "compare", "settings": settings(args, models, data), "results": results}, indent=2))
+    document = {"benchmark": "compare", "settings": settings(args, models, data), "results": results}
+    print(json.dumps(document | ({"interrupted": interrupted} if interrupted else {}), indent=2))
+    if interrupted:
+        print(interrupted, file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
