@@ -14,7 +14,7 @@ Prints one JSON document on stdout: per model the mean and standard deviation ov
 test OA, macro-F1, training time (s, wall time of the `finetune` call: training, validation,
 final evaluation and saving), inference samples/s, and the parameter count; what was reduced is
 written under "settings". A readable table goes to stderr. A model that fails is reported with
-its error and does not stop the others. A signal that stops a training (SIGTERM, SIGUSR1: a job's
+its error and does not stop the others. A signal that stops a training (Ctrl-C, SIGTERM, SIGUSR1: a job's
 wall time) ends the benchmark with the runs finished so far in the JSON, `interrupted` saying where,
 and exit code 75. Patch models (alise) take another dataset kind and are
 left out of the default list.
