@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from sitscli.data.prepared import SPLIT_CODES, PreparedWriter
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
+from tests._bench import load_bench
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("compare_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compare")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,12 @@ import pytest
 from sitscli.core.config import load_yaml
 from sitscli.data.prepared import open_prepared
 from sitscli.data.splits import TEST, TRAIN, UNLABELED, VAL
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "label_scarcity.py"
+from tests._bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("label_scarcity", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("label_scarcity")
 
 
 def everything(path: Path) -> dict[str, np.ndarray]:
