@@ -34,6 +34,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import cross_val_score
 from sklearn.preprocessing import StandardScaler
 
+from sitscli.core.errors import SitsError
 from sitscli.data.batch import collate
 from sitscli.data.torchdata import SeriesDataset, make_loader
 from sitscli.engine.checkpoint import load_model
@@ -92,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    features, y, names = representations(args.run, args.data, args.split, args.seed)
+    try:
+        features, y, names = representations(args.run, args.data, args.split, args.seed)
+    except SitsError as exc:      # a missing or wrong run or dataset: its one line, no traceback
+        raise SystemExit(str(exc)) from None
     results = {}
     for first, second in class_pairs(args.pairs, names):
         both = (y == names.index(first)) | (y == names.index(second))
