@@ -40,6 +40,7 @@ from sitscli.data.prepared import open_prepared
 from sitscli.engine.checkpoint import load_model
 from sitscli.engine.device import resolve_device
 from sitscli.engine.metrics import predict_labels
+from sitscli.engine.signals import INTERRUPTED_EXIT_CODE
 from sitscli.models import registry
 from sitscli.workflows.finetune import finetune, report_split
 
@@ -60,7 +61,6 @@ SMALL_HPARAMS: dict[str, dict] = {
     "mtan-mlp": {"mlp": [64, 64]},
 }
 INFERENCE_BATCH = 256
-INTERRUPTED_EXIT_CODE = 75      # the engine's: a signal stopped the run
 
 
 class Interrupted(Exception):
@@ -84,7 +84,7 @@ def train_once(data: str, model: str, seed: int, out: Path, *, epochs: int | Non
     start = time.perf_counter()
     result = finetune(out=out, overwrite=True, **{k: v for k, v in flags.items() if v is not None})
     train_s = time.perf_counter() - start
-    if result.fit.interrupted:   # SIGTERM/SIGUSR1: the engine saved a resumable state; stop the benchmark
+    if result.fit.interrupted:   # Ctrl-C/SIGTERM/SIGUSR1: the engine saved a resumable state; stop the benchmark
         raise Interrupted(f"interrupted during {model} seed {seed}")
     report = result.report
     row = {"oa": report["oa"], "macro_f1": report["macro_f1"], "train_s": train_s,
