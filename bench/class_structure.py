@@ -15,7 +15,8 @@ a pixel model: its `encoder.represent`) and with the same encoder at its random 
 - `logreg_cv_acc`: 5-fold accuracy of a logistic regression on the same representations with every
   label: how separable the pair is once labels say where the boundary lies.
 
-Prints one JSON document, pairs sorted from the least to the most clustered by the pre-trained encoder.
+Prints one JSON document, pairs sorted from the least to the most clustered by the pre-trained encoder;
+a pair with fewer than 5 pixels of a class is named under `pairs_with_too_few_pixels` instead.
 """
 
 from __future__ import annotations
@@ -97,16 +98,17 @@ def main(argv: list[str] | None = None) -> None:
         features, y, names = representations(args.run, args.data, args.split, args.seed)
     except SitsError as exc:      # a missing or wrong run or dataset: its one line, no traceback
         raise SystemExit(str(exc)) from None
-    results = {}
+    results, too_few = {}, []
     for first, second in class_pairs(args.pairs, names):
         both = (y == names.index(first)) | (y == names.index(second))
         is_first = y[both] == names.index(first)
-        if min(is_first.sum(), (~is_first).sum()) < 5:     # too few for 5 folds: left out of the table
+        if min(is_first.sum(), (~is_first).sum()) < 5:     # too few pixels of a class for 5 folds
+            too_few.append(f"{first}/{second}")
             continue
         results[f"{first}/{second}"] = {name: pair_scores(f[both], is_first, args.seed) for name, f in features.items()}
     ordered = dict(sorted(results.items(), key=lambda item: item[1]["pretrained"]["kmeans_ari"]))
     print(json.dumps({"benchmark": "class_structure", "run": str(args.run), "data": str(args.data),
-                      "split": args.split, "pairs": ordered}, indent=1))
+                      "split": args.split, "pairs": ordered, "pairs_with_too_few_pixels": too_few}, indent=1))
 
 
 if __name__ == "__main__":
