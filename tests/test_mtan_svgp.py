@@ -242,9 +242,9 @@ def test_recipe_raises_the_epochs_below_a_thousand_samples_only():
                                       scaled_batch_size(recipe["batch_size"], n, recipe["min_steps_per_epoch"]),
                                       recipe["min_total_steps"])
     assert (epochs(112), epochs(1_451), epochs(92_000)) == (800, 100, 100)
-    shared = [model_training_defaults(registry.get(name), "finetune")["min_total_steps"]
+    minimums = [model_training_defaults(registry.get(name), "finetune")["min_total_steps"]
               for name in ("gapfilled-svgp", "mtan-ltae", "raw-ltae", "mtan-mlp")]
-    assert shared == [3200, 9600, 3200, None]
+    assert minimums == [3200, 9600, 3200, None]
 
 
 def test_comparison_variants_have_their_table_viii_settings():
